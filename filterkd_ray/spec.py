@@ -1,0 +1,290 @@
+"""The sweep spec: typed models with defaults, YAML loading, `--set` overrides, clear errors.
+
+Every field a user can write is declared here, with `extra="forbid"` so a typo is an error
+that names the field. `load_spec` returns a validated `Spec` or raises `InputError` with one
+line: the dotted field, what is wrong, and what to do.
+"""
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from filterkd_ray import InputError
+from filterkd_ray.data import DATASETS
+from filterkd_ray.data.noise import NOISE_KINDS
+from filterkd_ray.labels import METHODS, SNAPSHOTS
+from filterkd_ray.models import MODELS
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NoiseSpec(Strict):
+    kind: Literal[NOISE_KINDS] = "symmetric"   # type: ignore[valid-type]
+    rates: list[float] = Field(default=[0.0], min_length=1)
+    matrix: list[list[float]] | None = None
+
+    @field_validator("rates")
+    @classmethod
+    def _rates(cls, v):
+        for r in v:
+            if not 0.0 <= r < 1.0:
+                raise ValueError(f"rate {r} is outside [0, 1)")
+        if len(set(v)) != len(v):
+            raise ValueError("rates repeat a value")
+        return v
+
+    @model_validator(mode="after")
+    def _matrix(self):
+        if (self.kind == "matrix") != (self.matrix is not None):
+            raise ValueError("give `matrix` exactly when kind is 'matrix'")
+        return self
+
+
+class DataSpec(Strict):
+    name: str
+    options: dict = {}          # keyword arguments of the dataset's loader
+    noise: NoiseSpec = NoiseSpec()
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v):
+        if v not in DATASETS:
+            raise ValueError(f"unknown dataset {v!r}; choose one of {sorted(DATASETS)}")
+        return v
+
+    @model_validator(mode="after")
+    def _options(self):
+        params = inspect.signature(DATASETS[self.name]).parameters
+        unknown = sorted(set(self.options) - set(params))
+        if unknown:
+            raise ValueError(f"options {unknown} are not options of dataset {self.name!r}; "
+                             f"allowed: {sorted(params)}")
+        return self
+
+
+class TrainSpec(Strict):
+    model: str = "mlp"
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(0.01, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    nesterov: bool = False
+    schedule: Literal["constant", "cosine", "step", "onecycle"] = "cosine"
+    milestones: list[int] = []
+    gamma: float = Field(0.1, gt=0, le=1)
+    min_lr_ratio: float = Field(0.0, ge=0, le=1)
+    warmup_fraction: float = Field(0.2, gt=0, lt=1)
+    drop_last: bool = False
+    precision: Literal["fp32", "bf16"] = "fp32"
+    select_metric: Literal["val_acc", "val_nll"] = "val_acc"
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, v):
+        if v not in MODELS:
+            raise ValueError(f"unknown model {v!r}; choose one of {sorted(MODELS)}")
+        return v
+
+    @model_validator(mode="after")
+    def _nesterov(self):
+        if self.nesterov and self.momentum == 0:
+            raise ValueError("nesterov needs momentum > 0")
+        if self.schedule == "step" and not self.milestones:
+            raise ValueError("schedule 'step' needs milestones (epochs)")
+        return self
+
+
+class FloatRange(Strict):
+    low: float
+    high: float
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _order(self):
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError("a log range needs low > 0")
+        return self
+
+
+# A search dimension: a constant, a float range, or a list of choices.
+Dimension = Union[float, str, FloatRange, list[Union[float, str]]]
+
+DEFAULT_SPACE: dict[str, dict] = {
+    "oht": {},
+    "ls": {"ls_epsilon": FloatRange(low=0.0, high=0.5)},
+    "kd": {"temperature": FloatRange(low=1.0, high=10.0, log=True),
+           "distill_weight": FloatRange(low=0.0, high=1.0)},
+    "eskd": {"temperature": FloatRange(low=1.0, high=10.0, log=True),
+             "distill_weight": FloatRange(low=0.0, high=1.0)},
+    "filter_kd": {"ema_rate": FloatRange(low=0.01, high=1.0, log=True),
+                  "temperature": FloatRange(low=1.0, high=10.0, log=True),
+                  "distill_weight": FloatRange(low=0.0, high=1.0),
+                  "snapshot": ["best", "last"]},
+}
+
+PARAM_BOUNDS = {"ema_rate": (0.0, 1.0, "(0, 1]"), "temperature": (0.0, None, "> 0"),
+                "distill_weight": (0.0, 1.0, "[0, 1]"), "ls_epsilon": (0.0, 1.0, "[0, 1)")}
+
+
+class SearchSpec(Strict):
+    num_samples: int = Field(8, ge=1)
+    max_concurrent: int = Field(2, ge=1)
+    metric: Literal["val_acc", "val_nll"] = "val_acc"
+    seed: int = 0                         # the TPE sampler's seed
+    seeds: list[int] | None = None        # data seeds whose teachers the search uses
+    scheduler: Literal["none", "asha"] = "none"
+    grace_period: int = Field(1, ge=1)
+    space: dict[str, dict[str, Dimension]] = {}
+
+    @model_validator(mode="after")
+    def _space(self):
+        for method, dims in self.space.items():
+            if method not in METHODS:
+                raise ValueError(f"space: unknown method {method!r}; choose from {sorted(METHODS)}")
+            for p, dim in dims.items():
+                if p not in METHODS[method].params:
+                    raise ValueError(f"space.{method}: {p!r} is not a hyperparameter of "
+                                     f"{method}; it takes {list(METHODS[method].params)}")
+                _check_dimension(f"space.{method}.{p}", p, dim)
+        return self
+
+    def space_for(self, method: str) -> dict:
+        return {**DEFAULT_SPACE[method], **self.space.get(method, {})}
+
+
+def _check_dimension(where: str, param: str, dim) -> None:
+    values = dim if isinstance(dim, list) else [dim.low, dim.high] if isinstance(dim, FloatRange) else [dim]
+    if isinstance(dim, list) and not dim:
+        raise ValueError(f"{where}: an empty list of choices")
+    for v in values:
+        if param == "snapshot":
+            if v not in SNAPSHOTS:
+                raise ValueError(f"{where}: {v!r}; choose from {list(SNAPSHOTS)}")
+            continue
+        if isinstance(v, str):
+            raise ValueError(f"{where}: {v!r} is not a number")
+        lo, hi, text = PARAM_BOUNDS[param]
+        bad = v < lo or (hi is not None and v > hi) or (param in ("temperature", "ema_rate") and v == 0) \
+            or (param == "ls_epsilon" and v == 1.0)
+        if bad:
+            raise ValueError(f"{where}: {v} is outside {text}")
+
+
+class ScalingSpec(Strict):
+    num_workers: int = Field(1, ge=1)        # >1: a Ray Train TorchTrainer (DDP)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0)
+    gpus_per_worker: float = Field(0.0, ge=0)  # fractions let 1-worker trials share a GPU
+    resources_per_worker: dict[str, float] = {}
+    max_failures: int = Field(2, ge=0)
+    checkpoint_every: int = Field(5, ge=1)   # epochs
+
+    @model_validator(mode="after")
+    def _gpu(self):
+        if self.use_gpu and self.gpus_per_worker == 0:
+            raise ValueError("use_gpu needs gpus_per_worker > 0")
+        if not self.use_gpu and self.gpus_per_worker > 0:
+            raise ValueError("gpus_per_worker > 0 needs use_gpu: true")
+        if self.num_workers > 1 and 0 < self.gpus_per_worker < 1:
+            raise ValueError("fractional gpus_per_worker works only with num_workers: 1 "
+                             "(two DDP ranks on one GPU fail in NCCL)")
+        return self
+
+
+class Spec(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    data: DataSpec
+    seeds: list[int] = Field(default=[0], min_length=1)
+    teacher: TrainSpec = TrainSpec()
+    student: TrainSpec = TrainSpec()
+    methods: list[str] = Field(default=list(METHODS), min_length=1)
+    search: SearchSpec = SearchSpec()
+    scaling: ScalingSpec = ScalingSpec()
+    loss_scale: float = Field(1.0, gt=0)     # 2.0 = the official code's extra factor
+    reproduce: bool = True                   # re-run each best config on every seed
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, v):
+        for m in v:
+            if m not in METHODS:
+                raise ValueError(f"unknown method {m!r}; choose from {sorted(METHODS)}")
+        if len(set(v)) != len(v):
+            raise ValueError("methods repeat a name")
+        return v
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v):
+        if len(set(v)) != len(v):
+            raise ValueError("seeds repeat a value")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.search.seeds is not None and not set(self.search.seeds) <= set(self.seeds):
+            raise ValueError(f"search.seeds {self.search.seeds} must be a subset of seeds {self.seeds}")
+        for m in self.search.space:
+            if m not in self.methods:
+                raise ValueError(f"search.space.{m}: method {m!r} is not in methods {self.methods}")
+        if self.search.scheduler == "asha" and self.search.grace_period > self.student.epochs:
+            raise ValueError("search.grace_period exceeds student.epochs")
+        return self
+
+    @property
+    def search_seeds(self) -> list[int]:
+        return self.search.seeds or self.seeds[:1]
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """`a.b.c=value` (value parsed as YAML) into a nested dict, creating levels as needed."""
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InputError(f"--set {item!r}: expected key=value, e.g. search.num_samples=4")
+        node = raw
+        parts = key.split(".")
+        for p in parts[:-1]:
+            nxt = node.setdefault(p, {})
+            if not isinstance(nxt, dict):
+                raise InputError(f"--set {key}: {p!r} is not a section")
+            node = nxt
+        node[parts[-1]] = yaml.safe_load(value)
+    return raw
+
+
+def format_error(err: ValidationError) -> str:
+    e = err.errors()[0]
+    loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith(("function-", "list[", "union[")))
+    msg = e["msg"].removeprefix("Value error, ")
+    more = f" (and {len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
+    return f"{loc or 'spec'}: {msg}{more}"
+
+
+def validate_spec(raw) -> Spec:
+    if not isinstance(raw, dict):
+        raise InputError("spec: the file must hold a YAML mapping (name:, data:, ...)")
+    try:
+        return Spec.model_validate(raw)
+    except ValidationError as err:
+        raise InputError(format_error(err)) from None
+
+
+def load_spec(path: str | Path, overrides: list[str] = ()) -> Spec:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: spec file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise InputError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    return validate_spec(apply_overrides(raw if isinstance(raw, dict) else raw, list(overrides)))
