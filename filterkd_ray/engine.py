@@ -10,6 +10,7 @@ epochs it would have run, and turning path recording on changes no training resu
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import time
@@ -151,11 +152,17 @@ def _state_cpu(model) -> dict:
 
 
 def _set_bn_momentum(model, momenta) -> list:
-    """Set every BatchNorm's momentum (one value, or a list from an earlier call); return the old."""
+    """Set every BatchNorm's momentum (one value, or a list from an earlier call); return the old.
+
+    Restoring also puts back each BN's `num_batches_tracked`, which a train-mode forward
+    increments even at momentum 0 (it is in the state dict and drives momentum=None BNs)."""
     bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    old = [m.momentum for m in bns]
-    for m, mom in zip(bns, momenta if isinstance(momenta, list) else [momenta] * len(bns)):
-        m.momentum = mom
+    old = [(m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone())
+           for m in bns]
+    for m, mom in zip(bns, momenta if isinstance(momenta, list) else [(momenta, None)] * len(bns)):
+        m.momentum = mom[0]
+        if mom[1] is not None:
+            m.num_batches_tracked.copy_(mom[1])
     return old
 
 
@@ -263,8 +270,11 @@ def fit(data: DeviceData, cfg, seeds: Seeds, *, target: Target | None = None,
         history.append(metrics)
         if on_epoch is not None:
             def make_checkpoint(epoch=epoch):
+                # deepcopy: optimizer.state_dict() aliases the live momentum buffers, so a
+                # checkpoint kept in memory would otherwise change as training goes on.
                 return {"epoch": epoch, "model": _state_cpu(model),
-                        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                        "optimizer": copy.deepcopy(optimizer.state_dict()),
+                        "scheduler": scheduler.state_dict(),
                         "history": list(history), "best_epoch": best_epoch,
                         "best_state": best_state, "best_score": best_score,
                         "path": path[: epoch + 1].clone() if record_path else None}

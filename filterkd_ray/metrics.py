@@ -17,18 +17,21 @@ def nll(probs: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def ece(probs: torch.Tensor, y: torch.Tensor, n_bins: int = ECE_BINS) -> float:
-    """Expected calibration error of the max-probability prediction, equal-width bins on
-    (0, 1], the bin convention of torchmetrics' `MulticlassCalibrationError(norm="l1")`."""
+    """Expected calibration error of the max-probability prediction, binned exactly as
+    torchmetrics' `MulticlassCalibrationError(norm="l1")`: bins [j/n, (j+1)/n) against the
+    float32 edges linspace(0, 1, n + 1), plus one bin for confidence exactly 1 (a saturated
+    float32 softmax is common), so numbers compare with papers that use torchmetrics."""
     conf, pred = probs.max(1)
-    correct = (pred == y).float()
-    # A confidence c falls in bin ceil(c * n) - 1, i.e. bins (0,1/n], (1/n,2/n], ...
-    bins = (torch.ceil(conf * n_bins) - 1).clamp(0, n_bins - 1).long()
-    count = torch.zeros(n_bins, dtype=torch.float64, device=probs.device)
+    conf = conf.float()
+    correct = (pred == y).double()
+    edges = torch.linspace(0, 1, n_bins + 1, dtype=conf.dtype, device=conf.device)
+    bins = torch.bucketize(conf, edges, right=True) - 1
+    count = torch.zeros(n_bins + 1, dtype=torch.float64, device=probs.device)
     conf_sum = torch.zeros_like(count)
     acc_sum = torch.zeros_like(count)
     count.index_add_(0, bins, torch.ones_like(conf, dtype=torch.float64))
     conf_sum.index_add_(0, bins, conf.double())
-    acc_sum.index_add_(0, bins, correct.double())
+    acc_sum.index_add_(0, bins, correct)
     return ((conf_sum - acc_sum).abs().sum() / max(len(y), 1)).item()
 
 

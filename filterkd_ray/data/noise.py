@@ -5,9 +5,10 @@ Kinds:
 - `symmetric_any`: the official Filter-KD code's variant (`utils.add_noise_to_y`): a fraction
   `rate` is redrawn uniformly over all K classes, so the true class may come back and the
   real flip rate is rate * (1 - 1/K).
-- `asymmetric`: exactly round(rate * N) samples flip to a paired class: the standard CIFAR-10
-  pairs (truck->automobile, bird->airplane, deer->horse, cat<->dog) when K = 10, else the
-  cyclic next class.
+- `asymmetric`: round(rate * N) samples are chosen and each flips to its class's pair: the
+  standard CIFAR-10 pairs (truck->automobile, bird->airplane, deer->horse, cat<->dog) when
+  K = 10 (chosen samples of unpaired classes keep their label, so about `rate` of each
+  paired class flips), else the cyclic next class (exactly round(rate * N) flips).
 - `matrix`: each sample's new label is drawn from row y of a user-given K x K transition matrix.
 """
 from __future__ import annotations
