@@ -81,3 +81,4 @@ def split_holdout(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.nd
 
 
 from filterkd_ray.data import toy as _toy  # noqa: E402,F401  (registers "toy")
+from filterkd_ray.data import images as _images  # noqa: E402,F401  (registers the image datasets)

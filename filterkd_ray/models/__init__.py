@@ -27,3 +27,4 @@ def create_model(name: str, num_classes: int, input_shape: tuple[int, ...]) -> n
 
 
 from filterkd_ray.models import mlp as _mlp  # noqa: E402,F401
+from filterkd_ray.models import resnet as _resnet, preact as _preact, vgg as _vgg, mobilenet as _mobilenet, fastnet as _fastnet  # noqa: E402,F401,E501
