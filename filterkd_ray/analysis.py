@@ -110,7 +110,9 @@ def label_integral(path, y_noisy) -> np.ndarray:
     return total / path.shape[0]
 
 
-def _auroc(flipped, score) -> float:
+def flip_auroc(flipped, score) -> float:
+    """AUROC of `score` (higher = more likely mislabelled) for flipped vs clean samples;
+    NaN when all or none are flipped."""
     flipped = np.asarray(flipped, bool)
     if flipped.all() or not flipped.any():
         return float("nan")        # AUROC needs both classes
@@ -121,12 +123,12 @@ def zigzag_auroc(path, y_noisy, flipped) -> float:
     """AUROC of the zig-zag score for telling mislabelled (flipped) samples from clean ones:
     0.5 = no separation, 1 = every mislabelled sample zig-zags more than every clean one.
     NaN when all or none are flipped."""
-    return _auroc(flipped, zigzag_score(path, y_noisy))
+    return flip_auroc(flipped, zigzag_score(path, y_noisy))
 
 
 def integral_auroc(path, y_noisy, flipped) -> float:
     """AUROC of 1 - label_integral (the reference proxy) for flipped vs clean samples."""
-    return _auroc(flipped, -label_integral(path, y_noisy))
+    return flip_auroc(flipped, -label_integral(path, y_noisy))
 
 
 def recovery_grid(path, y, y_noisy, ema_rates, uptos, p_star=None) -> pd.DataFrame:
