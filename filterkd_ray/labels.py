@@ -18,6 +18,9 @@ from filterkd_ray import InputError
 from filterkd_ray.losses import tempered
 
 SNAPSHOTS = ("best", "last")
+# Used by `filterkd-ray run` when a hyperparameter is not given (0.05: the paper code's EMA rate).
+DEFAULT_HPARAMS = {"ls_epsilon": 0.1, "temperature": 1.0, "distill_weight": 1.0,
+                   "ema_rate": 0.05, "snapshot": "best"}
 
 
 def filter_path(path, ema_rate: float, upto: int | None = None) -> np.ndarray:
