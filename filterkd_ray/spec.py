@@ -262,12 +262,18 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return raw
 
 
+_UNION_TAGS = {"float", "str", "int", "bool", "FloatRange"}
+
+
 def format_error(err: ValidationError) -> str:
-    e = err.errors()[0]
-    loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith(("function-", "list[", "union[")))
+    """The most useful error as one line: our own checks (value errors) before type errors,
+    with pydantic's union-member tags dropped from the dotted location."""
+    errors = err.errors()
+    e = next((x for x in errors if x["type"] == "value_error"), errors[0])
+    loc = ".".join(str(p) for p in e["loc"]
+                   if str(p) not in _UNION_TAGS and not str(p).startswith(("function-", "list[")))
     msg = e["msg"].removeprefix("Value error, ")
-    more = f" (and {len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
-    return f"{loc or 'spec'}: {msg}{more}"
+    return f"{loc or 'spec'}: {msg}"
 
 
 def validate_spec(raw) -> Spec:
