@@ -714,7 +714,10 @@ def plot_hypothesis1(store, trials) -> tuple[list[tuple[str, str]], list[dict]]:
                            label=f"{m}, noise {_rate(rate)}")
     ax.set_xlabel("label distance to p* (mean ||target - p*||)")
     ax.set_ylabel("student test accuracy")
-    ax.set_title(f"Hypothesis 1: Spearman rho = {rho['rho']:.3f} (p = {rho['p']:.2g}, n = {len(s)})")
+    per_rate = "; ".join(f"{r['scope']}: {r['rho']:.2f}" for r in rows[1:])
+    ax.set_title(f"Hypothesis 1: Spearman rho = {rho['rho']:.3f} (p = {rho['p']:.2g}, n = {len(s)}, "
+                 f"all noise rates)" + (f"\nper noise rate: {per_rate}" if per_rate else ""),
+                 fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     return ([(_save(store, fig, "hypothesis1.png"),

@@ -9,7 +9,7 @@ validation-accuracy configuration of each (noise rate, method) on every seed. Th
 written the way sweep.py writes it: trials/epochs/teachers Parquet through `results.frame`
 and `Store.write_table`, `paths/<teacher_id>.npy` and `.labels.npz`, and manifest.json.
 
-Tiny sizes (300 training samples, 8 teacher and 6 student epochs): about 10-20 s on one core.
+Tiny sizes (300 training samples, 8 teacher and 6 student epochs): about 20-25 s on one core.
 """
 from __future__ import annotations
 
