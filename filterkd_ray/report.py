@@ -455,6 +455,8 @@ def plot_teacher_curves(store, epochs, teachers) -> list[tuple[str, str]]:
                     ax.plot(h.epoch, h[col], color=c, alpha=0.8, lw=1.2,
                             ls="--" if col == "train_acc_aug" else "-",
                             label=names[col] if j == 0 else None)
+            if h.val_acc.isna().all():
+                continue
             best = h.val_acc.idxmax()
             ax.plot([h.epoch[best]], [h.val_acc[best]], marker="*", ms=12, color="k",
                     ls="none", label="best validation epoch" if j == 0 else None)
