@@ -220,6 +220,8 @@ def fit(data: DeviceData, cfg, seeds: Seeds, *, target: Target | None = None,
         shard = padded[rank::world].to(device)
         recorded = (torch.arange(len(padded))[rank::world] < n).to(device)
         aug_gen = _generator(seeds.augment, epoch, 0, device)
+        if target is not None and target.start_epoch is not None:
+            target.start_epoch(epoch)
         probs_buf = torch.zeros((shard_len, k), device=device) if record_path else None
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device)
@@ -237,6 +239,10 @@ def fit(data: DeviceData, cfg, seeds: Seeds, *, target: Target | None = None,
                 probs_buf[pos] = torch.softmax(logits.detach(), -1)
             loss = distill_loss(logits, y, tgt, target.temperature if target else 1.0,
                                 target.weight if target else 0.0, loss_scale)
+            if target is not None and target.regularizer is not None:
+                loss = loss + target.regularizer(logits, idx)
+            if target is not None and target.observe is not None:
+                target.observe(idx, logits.detach(), epoch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

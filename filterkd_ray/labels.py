@@ -61,11 +61,21 @@ class TeacherOutputs:
 @dataclasses.dataclass
 class Target:
     """`batch(idx, x) -> log-probabilities [B, K]` (or None for plain CE), its loss weighting,
-    and `table` [N, K]: the tempered target on every training sample (for label quality)."""
+    and `table` [N, K]: the tempered target on every training sample (for label quality).
+
+    Methods whose targets come from the student's own predictions (PS-KD, self-adaptive
+    training, ELR, temporal ensembling) also use the optional hooks the engine calls:
+    start_epoch(epoch) before an epoch; observe(idx, logits, epoch) with each training
+    batch's detached logits, before the optimiser step; regularizer(logits, idx) -> a
+    scalar added to the loss.
+    """
     batch: Callable[[torch.Tensor, torch.Tensor], torch.Tensor | None]
     table: np.ndarray
     temperature: float = 1.0
     weight: float = 0.0
+    start_epoch: Callable[[int], None] | None = None
+    observe: Callable[[torch.Tensor, torch.Tensor, int], None] | None = None
+    regularizer: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
 
 @dataclasses.dataclass
