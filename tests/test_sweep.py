@@ -125,3 +125,22 @@ def test_resume_after_the_driver_is_killed(tmp_path):
     assert len(trials[trials.stage == "teacher"]) == 2
     assert len(trials[trials.stage == "reproduce"]) == 10
     assert "already done" in resumed.stdout
+
+
+def test_diverging_trials_are_failed_rows_and_the_sweep_goes_on(tmp_path):
+    import optuna
+    out = tmp_path / "nan"
+    extra = ["--set", "seeds=[0]", "--set", "data.noise.rates=[0.3]", "--set", "methods=[oht,filter_kd]",
+             "--set", "search.num_samples=2", "--set", "search.space={}", "--set", "student.lr=1e12"]
+    proc = subprocess.run(sweep_cmd(out, *extra), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trials = pq.read_table(out / "trials.parquet").to_pandas()
+    students = trials[trials.stage != "teacher"]
+    assert len(students) == 3 and (students.status == "failed").all()
+    assert students.error.str.contains("loss became").all()
+    assert (trials[trials.stage == "teacher"].status == "ok").all()
+    # Optuna saw a finite penalty, never NaN, and no trial is left RUNNING.
+    storage = f"sqlite:///{out}/optuna/search-r0.3-filter_kd.db"
+    study = optuna.load_study(study_name="search-r0.3-filter_kd", storage=storage)
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    assert all(np.isfinite(t.value) for t in study.trials)
