@@ -135,7 +135,9 @@ class Sweep:
                 tid = teacher_id(r, s)
                 if done.get(tid, {}).get("status") != "ok":
                     raise RuntimeError(f"teacher {tid} failed: {done.get(tid, {}).get('error')}")
-                refs[tid] = {"path": ray.put(self.store.read_array(f"paths/{tid}.npy")),
+                # np.asarray: a np.memmap is pickled by value, so every reader would get its
+                # own writable copy; a plain ndarray is read zero-copy from the store.
+                refs[tid] = {"path": ray.put(np.asarray(self.store.read_array(f"paths/{tid}.npy"))),
                              "best": ray.put(load_state(self.store, f"teachers/{tid}/best.pt")),
                              "last": ray.put(load_state(self.store, f"teachers/{tid}/last.pt")),
                              "best_epoch": int(done[tid]["best_epoch"])}
@@ -174,8 +176,8 @@ class Sweep:
             return
         scheduler = None
         if spec.search.scheduler == "asha":
-            scheduler = tune.schedulers.ASHAScheduler(
-                time_attr="epoch", max_t=spec.student.epochs, grace_period=spec.search.grace_period)
+            scheduler = PerGroupASHA(lambda: tune.schedulers.ASHAScheduler(
+                time_attr="epoch", max_t=spec.student.epochs, grace_period=spec.search.grace_period))
         self.tune("search", {}, {**base, "teacher_refs_by_id": teacher_refs}, todo,
                   GroupedSearch(groups, "objective", mode), scheduler)
 
@@ -282,6 +284,38 @@ class GroupedSearch(Searcher):
             group.searcher.on_trial_complete(trial_id, result, error)
 
 
+class PerGroupASHA(tune.schedulers.FIFOScheduler):
+    """One ASHA per search group: a filter_kd trial is only ever stopped for doing worse than
+    other filter_kd trials at the same noise rate, never for losing to another method."""
+
+    def __init__(self, make):
+        super().__init__()
+        self.make, self.by_group = make, {}
+
+    def set_search_properties(self, metric, mode, **spec) -> bool:
+        self._metric, self._mode = metric, mode
+        return True
+
+    def _asha(self, trial):
+        group = trial.config["job"]["run_prefix"]
+        if group not in self.by_group:
+            self.by_group[group] = self.make()
+            self.by_group[group].set_search_properties(self._metric, self._mode)
+        return self.by_group[group]
+
+    def on_trial_add(self, controller, trial):
+        self._asha(trial).on_trial_add(controller, trial)
+
+    def on_trial_result(self, controller, trial, result):
+        return self._asha(trial).on_trial_result(controller, trial, result)
+
+    def on_trial_complete(self, controller, trial, result):
+        self._asha(trial).on_trial_complete(controller, trial, result)
+
+    def on_trial_remove(self, controller, trial):
+        self._asha(trial).on_trial_remove(controller, trial)
+
+
 class RunRecorder(tune.Callback):
     """Driver-side: progress on the terminal, and rows for trials that never wrote their own
     (stopped by the scheduler, or errored after all retries)."""
@@ -296,16 +330,16 @@ class RunRecorder(tune.Callback):
         return job.get("run_id") or job["run_prefix"] + trial.trial_id
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        # Tune adds its own `trial_id` to results: keep only the metrics the engine reported.
         self.history.setdefault(trial.trial_id, []).append(
-            {k: result.get(k) for k in EPOCH_COLUMNS if k in result})
+            {k: result[k] for k in EPOCH_COLUMNS[5:] if k in result})
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.done += 1
         run_id = self._run_id(trial)
         if not self.sweep.store.exists(f"runs/{run_id}.parquet"):   # stopped early by ASHA
-            last = trial.last_result or {}
             row = {**error_row(self.sweep.spec, self._job(trial), ""), "status": "stopped",
-                   "error": None, **{k: last.get(k) for k in ("val_acc", "val_nll", "test_acc")}}
+                   "error": None, **self._summary(trial)}
             write_run(self.sweep.store, run_id, row, self._epochs(trial, run_id, row))
         self._progress(trials, trial)
 
@@ -315,6 +349,19 @@ class RunRecorder(tune.Callback):
         err = str(getattr(trial, "error_msg", None) or "trial raised; see the Tune logs")
         write_run(self.sweep.store, run_id, error_row(self.sweep.spec, self._job(trial), err), [])
         self._progress(trials, trial)
+
+    def _summary(self, trial) -> dict:
+        """A stopped trial's headline numbers, from the epochs it reported."""
+        hist = self.history.get(trial.trial_id, [])
+        if not hist:
+            return {}
+        metric = self.sweep.spec.search.metric
+        sign = -1 if metric.endswith("nll") else 1
+        best = max(range(len(hist)), key=lambda i: sign * hist[i].get(metric, -sign * math.inf))
+        out = {"best_epoch": best, "epochs_run": len(hist)}
+        for k in ("val_acc", "val_nll", "val_ece", "test_acc", "test_nll", "test_ece"):
+            out[k], out[f"{k}_last"] = hist[best].get(k), hist[-1].get(k)
+        return out
 
     def _job(self, trial) -> dict:
         return {**trial.config.get("job", {}), "hparams": trial.config.get("hparams", {})}
@@ -352,10 +399,13 @@ def run_sweep(spec: Spec, output: str | None = None, address: str | None = None,
     if resume and store.read_json("manifest.json")["spec"] != spec.model_dump():
         raise InputError(f"--resume: the spec differs from the one {output} was started with; "
                          "resume with the same spec and --set overrides")
+    store.check_writable()   # before Ray starts: a bad --output fails in one line
     init_ray(address, spec)
+    check_resources(spec)    # before the manifest: an impossible request leaves no sweep behind
     sweep = Sweep(spec, output, log)
     store.makedirs()
-    sweep.manifest("running")
+    # The node that ray.put the shared arrays: trials elsewhere read them through the network.
+    sweep.manifest("running", driver_node_id=ray.get_runtime_context().get_node_id())
     try:
         sweep.run(resume)
     except Exception:

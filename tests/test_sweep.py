@@ -144,3 +144,21 @@ def test_diverging_trials_are_failed_rows_and_the_sweep_goes_on(tmp_path):
     study = optuna.load_study(study_name="search-r0.3-filter_kd", storage=storage)
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2
     assert all(np.isfinite(t.value) for t in study.trials)
+
+
+def test_asha_stops_trials_within_each_search(tmp_path):
+    out = tmp_path / "asha"
+    extra = ["--set", "seeds=[0]", "--set", "data.noise.rates=[0.3]", "--set", "methods=[ls,filter_kd]",
+             "--set", "search.space={}", "--set", "search.num_samples=6", "--set", "search.scheduler=asha",
+             "--set", "student.epochs=4", "--set", "reproduce=false"]
+    proc = subprocess.run(sweep_cmd(out, *extra), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trials = pq.read_table(out / "trials.parquet").to_pandas()
+    search = trials[trials.stage == "search"]
+    assert search.trial_id.is_unique and len(search) == 12
+    assert "stopped" in set(search.status), search.status.value_counts()
+    stopped = search[search.status == "stopped"]
+    epochs = pq.read_table(out / "epochs.parquet").to_pandas()
+    for tid in stopped.trial_id:   # stopped early: fewer than all epochs, history kept
+        n = (epochs.trial_id == tid).sum()
+        assert 1 <= n < 4, (tid, n)
