@@ -7,17 +7,16 @@ Three ways to train the same teacher, same process, same seeds:
   loop    the paper code's way (`_Update_Teach_Table`): after every forward, a Python loop over
           the batch that updates table[i] per sample index, first visit copies, else EMA,
           with a per-sample `.sum() == 0` test (an item-style host sync)
-The loop baseline runs inside the same `fit` through public API only: the network is wrapped
-(registered under a benchmark-local name) to hand its train-mode logits to a `Target` whose
-`batch(idx, x)` runs the loop and returns None, so the loss stays plain CE. All three columns
-use the wrapped network. As a correctness check the loop's table must equal
+The loop baseline runs inside the same `fit` through public API only: a `Target` whose
+`observe(idx, logits, epoch)` hook runs the loop and whose `batch` returns None, so the loss
+stays plain CE. As a correctness check the loop's table must equal
 `filter_path(engine path, a)` up to float16 rounding: same training, same predictions.
 
 Reports, per column, the median over `--runs` interleaved runs of the process CPU time
 (`time.process_time`; with one torch thread this is the work done, and unlike wall time it does
 not count waiting for a core on a shared machine) and of the wall time, and the ratios
-engine/off and loop/off of both, for (a) the toy MLP and (b) a small CNN on synthetic 32x32 uint8 images with
-crop+flip augmentation, plus the CPU cost of the recording's own operations replayed in
+engine/off and loop/off of both, for (a) the toy MLP and (b) the small CNN `fastnet` on
+synthetic 32x32 uint8 images with crop+flip augmentation, plus the CPU cost of the recording's own operations replayed in
 isolation (`recording_ops_cost`), which resolves the overhead far below the run-to-run noise
 of a shared machine. Goal: engine/off <= 1.02.
 
@@ -42,29 +41,15 @@ import torch.nn as nn
 from filterkd_ray.data import Dataset, Split, load_dataset
 from filterkd_ray.engine import Seeds, fit, to_device
 from filterkd_ray.labels import Target, filter_path
-from filterkd_ray.models import create_model, register_model
+from filterkd_ray.models import MODELS, register_model
 from filterkd_ray.spec import TrainSpec
 
 EMA = 0.05               # the paper code's --smoothing
-LAST_LOGITS: dict = {}   # the wrapped network's latest train-mode logits
-
-
-class Probe(nn.Module):
-    """Passes logits through unchanged and keeps a reference to the latest train-mode ones."""
-
-    def __init__(self, inner: nn.Module):
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, x):
-        z = self.inner(x)
-        if self.training:
-            LAST_LOGITS["z"] = z
-        return z
+CNN = "fastnet"          # the project's small CPU CNN; a local stand-in if it is not registered
 
 
 class TinyCNN(nn.Module):
-    """A small CIFAR-sized network (conv-BN-ReLU x3, stride 2 twice, global pool)."""
+    """Stand-in CIFAR-sized network (conv-BN-ReLU x3, stride 2 twice, global pool)."""
 
     def __init__(self, num_classes: int, input_shape):
         super().__init__()
@@ -79,34 +64,31 @@ class TinyCNN(nn.Module):
         return self.net(x)
 
 
-@register_model("bench_probe_mlp")
-def _probe_mlp(num_classes, input_shape):
-    return Probe(create_model("mlp", num_classes, input_shape))
-
-
-@register_model("bench_probe_tiny_cnn")
-def _probe_cnn(num_classes, input_shape):
-    return Probe(TinyCNN(num_classes, input_shape))
+if CNN not in MODELS:
+    CNN = "bench_tiny_cnn"
+    register_model(CNN)(TinyCNN)
 
 
 class PaperTable:
-    """The official code's per-sample table update, as a Target that supervises nothing."""
+    """The official code's per-sample table update, fed by the engine's `observe` hook (each
+    training batch's detached train-mode logits, before the optimiser step); supervises
+    nothing, so the loss stays plain CE."""
 
     def __init__(self, n: int, k: int, a: float = EMA):
         self.table = torch.zeros(n, k)
         self.a = a
 
-    def batch(self, idx, x):
-        pred = torch.softmax(LAST_LOGITS["z"].detach().float(), -1).cpu()
+    def observe(self, idx, logits, epoch):
+        pred = torch.softmax(logits.float(), -1).cpu()
         for i, j in enumerate(idx.tolist()):
             if self.table[j].sum() == 0:
                 self.table[j] = pred[i]
             else:
                 self.table[j] = (1 - self.a) * self.table[j] + self.a * pred[i]
-        return None
 
     def target(self) -> Target:
-        return Target(batch=self.batch, table=np.zeros((1, 1), np.float32))
+        return Target(batch=lambda idx, x: None, table=np.zeros((1, 1), np.float32),
+                      observe=self.observe)
 
 
 def recording_ops_cost(n: int, k: int, batch: int, epochs: int, repeats: int = 5) -> float:
@@ -220,13 +202,12 @@ def main(argv=None) -> None:
     print(provenance(args))
     load0 = os.getloadavg()
     toy = load_dataset("toy", n_train=500 if args.quick else 5000, n_val=1000, n_test=1000)
-    cnn = synthetic_images(200 if args.quick else 2000)
+    cnn = synthetic_images(256 if args.quick else 4000)
     rows = [
-        bench("toy MLP", toy, TrainSpec(model="bench_probe_mlp", epochs=2 if args.quick else 4,
+        bench("toy MLP", toy, TrainSpec(model="mlp", epochs=2 if args.quick else 4,
                                         batch_size=32), args.runs),
-        bench("small CNN 32x32", cnn, TrainSpec(model="bench_probe_tiny_cnn",
-                                                epochs=1 if args.quick else 2, batch_size=64),
-              args.runs),
+        bench(f"{CNN} 32x32", cnn, TrainSpec(model=CNN, epochs=1 if args.quick else 2,
+                                             batch_size=64), args.runs),
     ]
     load1 = os.getloadavg()
     print(f"\nload average (1/5/15 min) before: {load0[0]:.2f}/{load0[1]:.2f}/{load0[2]:.2f}, "
