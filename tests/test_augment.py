@@ -102,3 +102,10 @@ def test_cutout_zeroes_one_clipped_square():
 def test_unknown_kind():
     with pytest.raises(ValueError, match="mixup"):
         augment(torch.rand(2, 3, 8, 8), "mixup", torch.Generator())
+
+
+def test_flip_kind_only_mirrors():
+    x = batch()
+    out = augment(x, "flip", torch.Generator().manual_seed(0))
+    assert all(torch.equal(o, img) or torch.equal(o, img.flip(2)) for o, img in zip(out, x))
+    assert not torch.equal(out, x)

@@ -1,10 +1,11 @@
 """Batched, seeded augmentation on the training device: no PIL, no loader workers.
 
 `augment(x, kind, gen)` takes a batch [B, C, H, W] (float, or uint8) and returns an
-augmented copy: random crop from a zero-padded image (4 pixels, the CIFAR standard),
-horizontal flip with probability 1/2, and optionally cutout (an 8x8 zero square centred
-anywhere in the image, clipped at the border, as DeVries & Taylor 2017). All random draws
-come from `gen`, in a fixed order (crop rows, crop columns, flips, cutout centres), so the
+augmented copy. Kinds: "none"; "flip" (horizontal flip with probability 1/2 only);
+"crop_flip" (random crop from a zero-padded image, 4 pixels, the CIFAR standard, then the
+flip); "crop_flip_cutout" (then an 8x8 zero square centred anywhere in the image, clipped
+at the border, as DeVries & Taylor 2017). All random draws come from `gen`, in a fixed
+order (crop rows, crop columns, flips, cutout centres), so the
 same generator state gives the same batch.
 
 Why one gather: crop and flip are both pure re-indexings of the padded image, so their
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-AUGMENTS = ("none", "crop_flip", "crop_flip_cutout")
+AUGMENTS = ("none", "flip", "crop_flip", "crop_flip_cutout")
 PAD = 4
 CUTOUT = 8
 
@@ -74,6 +75,8 @@ def augment(x: torch.Tensor, kind: str, gen: torch.Generator) -> torch.Tensor:
         return x
     if kind not in AUGMENTS:
         raise ValueError(f"augment: unknown kind {kind!r}; choose one of {list(AUGMENTS)}")
+    if kind == "flip":   # mild: two views per image, so a small net can still memorise
+        return random_flip(x, gen)
     b = x.shape[0]
     oy, ox = _offsets(b, PAD, gen, x.device)   # same draw order as random_crop, random_flip
     flip = _flips(b, gen, x.device)
