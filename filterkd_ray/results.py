@@ -79,7 +79,9 @@ class Store:
         if "://" in self.uri:
             self.fs, self.root = pafs.FileSystem.from_uri(self.uri)
         else:
+            # Absolute: Tune runs each trial in its own working directory.
             self.fs, self.root = pafs.LocalFileSystem(), str(Path(self.uri).resolve())
+            self.uri = self.root
 
     @property
     def is_local(self) -> bool:
@@ -102,6 +104,21 @@ class Store:
 
     def makedirs(self, name: str = "") -> None:
         self.fs.create_dir(self.path(name) if name else self.root, recursive=True)
+
+    def check_writable(self, flag: str = "--output") -> None:
+        """Create the folder and write and remove a probe file, so an unusable output (a
+        file, a folder under a file, no permission) fails at once, in one line, and not
+        after Ray has started."""
+        probe = f".write-probe-{uuid.uuid4().hex[:8]}"
+        try:
+            self.makedirs()
+            with self.fs.open_output_stream(self.path(probe)) as f:
+                f.write(b"")
+            self.fs.delete_file(self.path(probe))
+        except OSError as err:
+            reason = str(err).split(". Detail:")[0]
+            raise InputError(f"{flag} {self.uri}: cannot write a sweep folder there "
+                             f"({reason}); choose a writable folder") from None
 
     def write_bytes(self, name: str, data: bytes) -> None:
         final = self.path(name)
