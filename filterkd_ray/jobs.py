@@ -210,6 +210,9 @@ def trial_resources(spec: Spec) -> dict:
 def check_resources(spec: Spec) -> None:
     """Fail before submission when no node, or the whole cluster, can ever hold one trial."""
     need = worker_resources(spec)
+    # A DDP trial also holds its Train driver's CPU while its workers run (0.1 + 4 x 1 CPU
+    # never fits a 4-CPU cluster: the trial would wait forever).
+    driver = trial_resources(spec) if spec.scaling.num_workers > 1 else {}
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
     total = ray.cluster_resources()
     for key, amount in need.items():
@@ -218,9 +221,10 @@ def check_resources(spec: Spec) -> None:
             raise InputError(f"scaling: one worker needs {key}={amount:g} but no node offers "
                              f"that much (largest node: {per_node:g}; cluster: "
                              f"{_fmt(total)}); lower scaling.* or add nodes")
-        whole = amount * spec.scaling.num_workers
+        whole = amount * spec.scaling.num_workers + driver.get(key, 0.0)
         if total.get(key, 0.0) < whole:
-            raise InputError(f"scaling: {spec.scaling.num_workers} workers need {key}={whole:g} "
+            who = " and their Train driver" if key in driver else ""
+            raise InputError(f"scaling: {spec.scaling.num_workers} workers{who} need {key}={whole:g} "
                              f"but the cluster has {total.get(key, 0.0):g} "
                              f"({_fmt(total)}); lower scaling.num_workers")
 
