@@ -310,6 +310,7 @@ def test_tinyimagenet_errors(tmp_path):
     ("subset_per_class", 0, "subset_per_class: 0 must be a positive integer"),
     ("image_size", 2.5, "image_size: 2.5"),
     ("augment", "mixup", "augment: 'mixup'"),
+    ("split_seed", "one", "split_seed: 'one' must be a non-negative integer"),
 ])
 def test_bad_options(tmp_path, option, value, match):
     write_cifar10(tmp_path)

@@ -68,8 +68,10 @@ TINYIMAGENET_STATS = ((0.4802, 0.4481, 0.3975), (0.2770, 0.2691, 0.2821))
 # --------------------------------------------------------------------------- checks
 
 def _check_options(name: str, val_fraction, subset_per_class, test_subset_per_class,
-                   image_size, augment, need_val_fraction: bool = True) -> None:
+                   image_size, augment, need_val_fraction: bool = True, split_seed=0) -> None:
     where = f"data.options ({name})"
+    if isinstance(split_seed, bool) or not isinstance(split_seed, int) or split_seed < 0:
+        raise InputError(f"{where}.split_seed: {split_seed!r} must be a non-negative integer")
     if not isinstance(val_fraction, (int, float)) or not 0.0 <= val_fraction < 1.0:
         raise InputError(f"{where}.val_fraction: {val_fraction!r} is outside [0, 1)")
     if need_val_fraction and val_fraction == 0.0:
@@ -250,7 +252,7 @@ def load_cifar10(root: str | None = None, download: bool = False, val_fraction: 
                  augment: str = "crop_flip") -> Dataset:
     """CIFAR-10 from torchvision's python pickles (50k train, 10k test, 32x32)."""
     _check_options("cifar10", val_fraction, subset_per_class, test_subset_per_class,
-                   image_size, augment)
+                   image_size, augment, split_seed=split_seed)
     return _load_cifar("cifar10", root, download, val_fraction=val_fraction,
                        split_seed=split_seed, subset_per_class=subset_per_class,
                        test_subset_per_class=test_subset_per_class, image_size=image_size,
@@ -264,7 +266,7 @@ def load_cifar100(root: str | None = None, download: bool = False, val_fraction:
                   augment: str = "crop_flip") -> Dataset:
     """CIFAR-100 (fine labels) from torchvision's python pickles."""
     _check_options("cifar100", val_fraction, subset_per_class, test_subset_per_class,
-                   image_size, augment)
+                   image_size, augment, split_seed=split_seed)
     return _load_cifar("cifar100", root, download, val_fraction=val_fraction,
                        split_seed=split_seed, subset_per_class=subset_per_class,
                        test_subset_per_class=test_subset_per_class, image_size=image_size,
@@ -387,7 +389,7 @@ def load_imagefolder(root: str | None = None, val_fraction: float = 0.1, split_s
                      augment: str = "crop_flip", cache: bool = True) -> Dataset:
     """`root/train/<class>/*` plus `root/test/` and/or `root/val/` (see the module doc)."""
     _check_options("imagefolder", val_fraction, subset_per_class, test_subset_per_class,
-                   image_size, augment, need_val_fraction=False)
+                   image_size, augment, need_val_fraction=False, split_seed=split_seed)
     hint = "expected root/train/<class>/<image> and root/test/<class>/<image> (or root/val/)"
     root = _need_root("imagefolder", root, hint)
     if not (root / "train").is_dir():
@@ -459,7 +461,7 @@ def load_tinyimagenet(root: str | None = None, val_fraction: float = 0.1, split_
                       augment: str = "crop_flip", cache: bool = True) -> Dataset:
     """Tiny-ImageNet-200 (100k train, 64x64, 200 classes); its labelled val set is the test split."""
     _check_options("tinyimagenet", val_fraction, subset_per_class, test_subset_per_class,
-                   image_size, augment)
+                   image_size, augment, split_seed=split_seed)
     hint = "point it at tiny-imagenet-200/ (holding wnids.txt, train/, val/) or its parent"
     root = _need_root("tinyimagenet", root, hint)
     if not (root / "wnids.txt").is_file() and (root / "tiny-imagenet-200").is_dir():
@@ -519,8 +521,9 @@ def load_digits(val_fraction: float = 0.1, test_fraction: float = 0.2, split_see
                 subset_per_class: int | None = None, image_size: int | None = None,
                 augment: str = "none") -> Dataset:
     """scikit-learn's 8x8 digits as 1x8x8 uint8 images (or upsampled to image_size)."""
-    _check_options("digits", val_fraction, subset_per_class, None, image_size, augment)
-    if not 0.0 < test_fraction < 1.0:
+    _check_options("digits", val_fraction, subset_per_class, None, image_size, augment,
+                   split_seed=split_seed)
+    if not isinstance(test_fraction, (int, float)) or not 0.0 < test_fraction < 1.0:
         raise InputError(f"data.options (digits).test_fraction: {test_fraction!r} is outside (0, 1)")
     images, target = _sklearn_digits()
     x = np.rint(images * (255.0 / 16.0)).astype(np.uint8)[:, None]
