@@ -205,6 +205,10 @@ def fit(data: DeviceData, cfg, seeds: Seeds, *, target: Target | None = None,
         best_score, start = resume["best_score"], resume["epoch"] + 1
         if record_path:
             path[:start] = torch.as_tensor(resume["path"][:start])
+        if target is not None and resume.get("target") is not None:
+            target.load_state_dict(resume["target"])   # a per-sample memory (family.py)
+    if target is not None and hasattr(target, "set_total_epochs"):
+        target.set_total_epochs(cfg.epochs)   # schedules over the whole run (PS-KD's a_t)
     train_model = model
     if world > 1:
         train_model = torch.nn.parallel.DistributedDataParallel(
@@ -283,7 +287,8 @@ def fit(data: DeviceData, cfg, seeds: Seeds, *, target: Target | None = None,
                         "scheduler": scheduler.state_dict(),
                         "history": list(history), "best_epoch": best_epoch,
                         "best_state": best_state, "best_score": best_score,
-                        "path": path[: epoch + 1].clone() if record_path else None}
+                        "path": path[: epoch + 1].clone() if record_path else None,
+                        "target": target.state_dict() if hasattr(target, "state_dict") else None}
             on_epoch(epoch, metrics, make_checkpoint)
     return FitResult(history=history, best_epoch=best_epoch, best_state=best_state,
                      last_state=_state_cpu(model),

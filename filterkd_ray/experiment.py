@@ -21,7 +21,8 @@ from filterkd_ray.labels import METHODS, TeacherOutputs, build_target
 from filterkd_ray.metrics import label_quality
 from filterkd_ray.results import provenance
 
-HPARAMS = ("ema_rate", "temperature", "distill_weight", "ls_epsilon", "snapshot")
+HPARAMS = ("ema_rate", "temperature", "distill_weight", "ls_epsilon", "snapshot",
+           "pskd_alpha", "start_epoch", "elr_lambda")
 
 
 @functools.lru_cache(maxsize=2)
@@ -37,7 +38,8 @@ def load_clean(spec) -> Dataset:
 def noisy(spec, clean: Dataset, noise_rate: float, seed: int) -> Dataset:
     """Same spec + seed + rate = same noisy labels, bit for bit (noise has its own seed)."""
     noise = spec.data.noise
-    return apply_noise(clean, noise_rate, noise.kind, Seeds.from_base(seed).noise, noise.matrix)
+    return apply_noise(clean, noise_rate, noise.kind, Seeds.from_base(seed).noise, noise.matrix,
+                       path=noise.path, key=noise.key, options=spec.data.options)
 
 
 def teacher_id(noise_rate: float, seed: int) -> str:
@@ -104,9 +106,11 @@ def run_student(spec, data: Dataset, noise_rate: float, seed: int, method: str, 
     dev_data = to_device(data, device)
     train_x = dev_data.prepare(dev_data.train_x)
     target = build_target(method, hp, data.train.labels, data.num_classes, teacher, train_x, device)
-    quality = label_quality(target.table, data.train.y, data.train.labels, data.train.p_star)
     result = fit(dev_data, spec.student, Seeds.from_base(seed), target=target,
                  loss_scale=spec.loss_scale, device=device, on_epoch=on_epoch, resume=resume)
+    # After fit: a fixed table is unchanged by training; a prediction memory (family.py)
+    # is measured as it ends.
+    quality = label_quality(target.table, data.train.y, data.train.labels, data.train.p_star)
     config = {"student": spec.student.model_dump(), "hparams": hp, "loss_scale": spec.loss_scale}
     row = result_row(base_row(spec, stage, method, noise_rate, seed), result, t0, status="ok",
                      config=json.dumps(config), teacher_id=teacher_id(noise_rate, seed),

@@ -187,3 +187,4 @@ def build_target(method: str, hp: dict, y_noisy: np.ndarray, num_classes: int,
     if m.needs_teacher and teacher is None:
         raise InputError(f"method {method}: needs a teacher")
     return m.build(hp, y_noisy, num_classes, teacher, train_x, device)
+from filterkd_ray import family as _family  # noqa: E402,F401  (registers the prediction-memory family)

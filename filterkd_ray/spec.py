@@ -28,6 +28,8 @@ class NoiseSpec(Strict):
     kind: Literal[NOISE_KINDS] = "symmetric"   # type: ignore[valid-type]
     rates: list[float] = Field(default=[0.0], min_length=1)
     matrix: list[list[float]] | None = None
+    path: str | None = None      # kind 'file': a per-sample label file (data/noise_file.py)
+    key: str | None = None       # kind 'file': the entry of a .pt/.npz (e.g. worse_label)
 
     @field_validator("rates")
     @classmethod
@@ -43,6 +45,21 @@ class NoiseSpec(Strict):
     def _matrix(self):
         if (self.kind == "matrix") != (self.matrix is not None):
             raise ValueError("give `matrix` exactly when kind is 'matrix'")
+        if (self.kind == "file") != (self.path is not None):
+            raise ValueError("give `path` (a label file) exactly when kind is 'file'")
+        if self.key is not None and self.kind != "file":
+            raise ValueError("`key` applies only to kind 'file'")
+        if self.kind == "file":
+            from filterkd_ray.data.noise_file import SUFFIXES
+            p = Path(self.path).expanduser()
+            if p.suffix.lower() not in SUFFIXES:
+                raise ValueError(f"path {self.path!r}: unknown label-file format; use one of "
+                                 f"{list(SUFFIXES)}")
+            if not p.is_file():
+                raise ValueError(f"path {self.path!r}: label file not found")
+            if len(self.rates) != 1:
+                raise ValueError("kind 'file' takes its noise from the file: give one rate, "
+                                 "used only as the results' noise_rate label (e.g. [0.4])")
         return self
 
 
@@ -129,10 +146,23 @@ DEFAULT_SPACE: dict[str, dict] = {
                   "temperature": FloatRange(low=1.0, high=10.0, log=True),
                   "distill_weight": FloatRange(low=0.0, high=1.0),
                   "snapshot": ["best", "last"]},
+    # The prediction-memory family (family.py); ema_rate = weight of the newest prediction.
+    "temporal_ensembling": {"ema_rate": FloatRange(low=0.05, high=0.9, log=True),
+                            "temperature": FloatRange(low=1.0, high=4.0, log=True),
+                            "distill_weight": FloatRange(low=0.0, high=1.0)},
+    "ps_kd": {"pskd_alpha": FloatRange(low=0.0, high=1.0)},
+    "sat": {"ema_rate": FloatRange(low=0.02, high=0.5, log=True),
+            "start_epoch": [2.0, 5.0, 10.0]},
+    "elr": {"ema_rate": FloatRange(low=0.01, high=0.9, log=True),
+            "elr_lambda": FloatRange(low=0.3, high=10.0, log=True)},
 }
 
 PARAM_BOUNDS = {"ema_rate": (0.0, 1.0, "(0, 1]"), "temperature": (0.0, None, "> 0"),
-                "distill_weight": (0.0, 1.0, "[0, 1]"), "ls_epsilon": (0.0, 1.0, "[0, 1)")}
+                "distill_weight": (0.0, 1.0, "[0, 1]"), "ls_epsilon": (0.0, 1.0, "[0, 1)"),
+                "pskd_alpha": (0.0, 1.0, "[0, 1]"),
+                "start_epoch": (0.0, None, ">= 0 (epochs)"), "elr_lambda": (0.0, None, ">= 0")}
+# What a spec without `methods:` runs: the paper's five (family.py's are opt-in).
+PAPER_METHODS = ["oht", "ls", "kd", "eskd", "filter_kd"]
 
 
 class SearchSpec(Strict):
@@ -206,7 +236,7 @@ class Spec(Strict):
     seeds: list[int] = Field(default=[0], min_length=1)
     teacher: TrainSpec = TrainSpec()
     student: TrainSpec = TrainSpec()
-    methods: list[str] = Field(default=list(METHODS), min_length=1)
+    methods: list[str] = Field(default=PAPER_METHODS, min_length=1)
     search: SearchSpec = SearchSpec()
     scaling: ScalingSpec = ScalingSpec()
     loss_scale: float = Field(1.0, gt=0)     # 2.0 = the official code's extra factor

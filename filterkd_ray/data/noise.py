@@ -10,6 +10,8 @@ Kinds:
   K = 10 (chosen samples of unpaired classes keep their label, so about `rate` of each
   paired class flips), else the cyclic next class (exactly round(rate * N) flips).
 - `matrix`: each sample's new label is drawn from row y of a user-given K x K transition matrix.
+- `file`: real (e.g. human) noisy labels read from a file, no draw and no rate: see
+  `noise_file.py` for the formats and which rows get which labels.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import numpy as np
 
 from filterkd_ray import InputError
 
-NOISE_KINDS = ("symmetric", "symmetric_any", "asymmetric", "matrix")
+NOISE_KINDS = ("symmetric", "symmetric_any", "asymmetric", "matrix", "file")
 
 # CIFAR-10 class order: airplane automobile bird cat deer dog frog horse ship truck.
 CIFAR10_PAIRS = {9: 1, 2: 0, 4: 7, 3: 5, 5: 3}
@@ -39,6 +41,9 @@ def corrupt_labels(y, num_classes: int, rate: float, kind: str = "symmetric", se
     y = np.asarray(y, dtype=np.int64)
     if kind not in NOISE_KINDS:
         raise InputError(f"noise kind: unknown {kind!r}; choose one of {list(NOISE_KINDS)}")
+    if kind == "file":
+        raise InputError("noise kind 'file': labels come from data.noise.path, not a draw "
+                         "(use apply_noise with path=...)")
     if not 0.0 <= rate < 1.0:
         raise InputError(f"noise rate: {rate} is outside [0, 1)")
     if y.ndim != 1 or (len(y) and (y.min() < 0 or y.max() >= num_classes)):
@@ -78,9 +83,18 @@ def _check_matrix(matrix, num_classes: int) -> np.ndarray:
     return m
 
 
-def apply_noise(dataset, rate: float, kind: str, seed: int, matrix=None):
-    """Noisy labels on train and validation (selection sees what training sees); never test."""
+def apply_noise(dataset, rate: float, kind: str, seed: int, matrix=None, path=None, key=None,
+                options=None):
+    """Noisy labels on train and validation (selection sees what training sees); never test.
+
+    kind 'file' reads them from `path` (`key`: the entry in a .pt/.npz; `options`: the
+    dataset's loader options, to map the file's source order onto the splits)."""
     import dataclasses
+    if kind == "file":
+        from filterkd_ray.data.noise_file import apply_file_noise
+        if path is None:
+            raise InputError("data.noise.path: kind 'file' needs the path of a label file")
+        return apply_file_noise(dataset, path, key, options)
     out = dataclasses.replace(dataset)
     for i, name in enumerate(("train", "val")):
         split = getattr(dataset, name)

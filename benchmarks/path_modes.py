@@ -1,0 +1,164 @@
+"""Memory and accuracy of the path modes (filterkd_ray/pathmodes.py) against the dense path.
+
+The dense learning path [E, N, K] float16 is what the sweep stores today; every student then
+filters it at its own EMA rate. Scaling past CIFAR needs less: (a) a bank of filtered tables
+for a fixed grid of EMA rates, updated online during teacher training; (b) a top-k sparse
+path (k largest probabilities per sample per epoch, float16 + int16 class ids, the rest of
+the mass spread evenly). This script measures, on a REAL learning path of CIFAR-100 shape
+scaled down (K = 100 classes, N = 10,000 training samples, 30 epochs: the toy Gaussian
+mixture with 100 classes and 40% symmetric noise, an MLP teacher trained by engine.fit at a
+rate where it first learns the clean structure (best validation around epoch 5) and then
+memorises the noisy labels, the two phases a real CIFAR path has):
+
+  bytes     memory of each mode, and its ratio to the dense path (same run);
+  error     max and mean |q_mode - q_dense| of the filtered table, over every EMA rate of
+            the grid (dense = labels.filter_path of the recorded path: the baseline);
+  time      CPU time to produce all grid tables from the stored form (dense: filter_path
+            per rate; top-k: filter_topk per rate; bank: nothing, the tables exist);
+  argmax    fraction of samples whose filtered table's argmax differs from the dense one's;
+both for snapshot 'last' (the whole path) and 'best' (up to the best-validation epoch; the
+bank keeps a copy of its tables, taken from `on_epoch` when validation improves).
+
+The bank is fed online, through the Target `observe` hook, by the very training run that
+records the dense path, so the comparison is same run, same predictions.
+
+    .venv/bin/python benchmarks/path_modes.py            # ~1-2 min on 1 thread
+    .venv/bin/python benchmarks/path_modes.py --quick    # smoke run
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+
+from filterkd_ray.data import load_dataset
+from filterkd_ray.data.noise import apply_noise
+from filterkd_ray.engine import Seeds, fit, to_device
+from filterkd_ray.labels import filter_path
+from filterkd_ray.pathmodes import (FilterBank, bank_nbytes, bank_target, dense_nbytes,
+                                    filter_topk, topk_nbytes, topk_path)
+from filterkd_ray.spec import TrainSpec
+
+GRID = [0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0]
+KS = (1, 2, 5)
+# ImageNet-1k, 90 epochs (the memory arithmetic of docs/family.md)
+IMAGENET = {"n": 1_281_167, "epochs": 90, "k": 1000}
+
+
+def provenance() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, check=False).stdout.strip() or "unknown"
+    except OSError:
+        commit = "unknown"
+    return "\n".join([
+        "# benchmarks/path_modes.py",
+        f"# date (UTC): {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M}",
+        f"# command: {' '.join([os.path.basename(sys.executable)] + sys.argv)}",
+        f"# git commit: {commit}",
+        f"# torch {torch.__version__}, numpy {np.__version__}, python {platform.python_version()}",
+        f"# CPU: {cpu}; os.cpu_count()={os.cpu_count()}; torch threads={torch.get_num_threads()}",
+    ])
+
+
+def gb(b: float) -> str:
+    return f"{b / 1e9:.1f} GB"
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="small sizes: a smoke test")
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    n, epochs, k_cls = (1000, 6, 100) if args.quick else (10000, 30, 100)
+    print(provenance())
+
+    seeds = Seeds.from_base(0)
+    ds = load_dataset("toy", n_train=n, n_val=1000, n_test=1000, num_classes=k_cls, dim=64,
+                      variance=3.0, seed=0)
+    ds = apply_noise(ds, 0.4, "symmetric", seeds.noise)
+    bank = FilterBank(n, k_cls, GRID)
+    snap = {}
+
+    def on_epoch(epoch, metrics, make_checkpoint):
+        if metrics["best_epoch"] == epoch:      # snapshot: best, kept online
+            snap["best"] = bank.snapshot()
+
+    t0 = time.perf_counter()
+    r = fit(to_device(ds, "cpu"), TrainSpec(model="mlp", epochs=epochs, batch_size=64, lr=0.02),
+            seeds, target=bank_target(bank, k_cls), record_path=True, on_epoch=on_epoch)
+    path = r.path
+    best, last = r.history[r.best_epoch], r.history[-1]
+    bayes = (ds.test.p_star.argmax(1) == ds.test.y).mean()
+    print(f"\npath: [{epochs}, {n}, {k_cls}] float16 from engine.fit "
+          f"({time.perf_counter() - t0:.0f} s). Teacher: best epoch {r.best_epoch}, noisy val_acc "
+          f"{best['val_acc']:.3f} (last {last['val_acc']:.3f}), clean test_acc "
+          f"{best['test_acc']:.3f} (last {last['test_acc']:.3f}; Bayes {bayes:.3f}); "
+          f"fit to the noisy train labels: epoch {r.best_epoch} "
+          f"{(path[r.best_epoch].argmax(1) == ds.train.labels).mean():.3f}, last "
+          f"{(path[-1].argmax(1) == ds.train.labels).mean():.3f}")
+    base_bytes = dense_nbytes(epochs, n, k_cls)
+    topk = {k: topk_path(path, k) for k in KS}
+    for k, (vals, cls) in topk.items():
+        assert vals.nbytes + cls.nbytes == topk_nbytes(epochs, n, k)
+
+    for label, upto in (("last", None), ("best", r.best_epoch + 1)):
+        c0 = time.process_time()
+        dense = {a: filter_path(path, a, upto) for a in GRID}
+        dense_s = time.process_time() - c0
+
+        def errors(tables):
+            d = np.stack([np.abs(tables[a] - dense[a]) for a in GRID])
+            flips = np.mean([(tables[a].argmax(1) != dense[a].argmax(1)).mean() for a in GRID])
+            return float(d.max()), float(d.mean()), float(flips)
+
+        rows = [("dense path (baseline)", base_bytes, 0.0, 0.0, 0.0, dense_s)]
+        tables = snap["best"] if label == "best" else bank.tables
+        mx, mean, flips = errors({a: tables[j].numpy() for j, a in enumerate(GRID)})
+        rows.append((f"bank, {len(GRID)} rates, float32" + (" (+ best copy)" if label == "best"
+                                                             else ""),
+                     bank.nbytes * (2 if label == "best" else 1), mx, mean, flips, 0.0))
+        for k, (vals, cls) in topk.items():
+            c0 = time.process_time()
+            tabs = {a: filter_topk(vals, cls, k_cls, a, upto) for a in GRID}
+            secs = time.process_time() - c0
+            rows.append((f"top-{k} path", topk_nbytes(epochs, n, k), *errors(tabs), secs))
+
+        print(f"\nsnapshot {label!r} (epochs 1..{upto or epochs}): filtered tables for EMA "
+              f"rates {GRID};\nerror = |q_mode - q_dense| over all rates")
+        print("| mode | bytes | bytes / dense | max abs error | mean abs error | argmax differs "
+              "| CPU s for all rates | time / dense |")
+        print("|---|---|---|---|---|---|---|---|")
+        for name, b, mx, mean, flips, secs in rows:
+            print(f"| {name} | {b:,} | {b / base_bytes:.3f}x | {mx:.2e} | {mean:.2e} "
+                  f"| {flips:.2%} | {secs:.2f} | {secs / dense_s:.2f}x |")
+
+    i = IMAGENET
+    dense_in = dense_nbytes(i["epochs"], i["n"], i["k"])
+    print(f"\nImageNet-1k, {i['epochs']} epochs ({i['n']:,} images, {i['k']} classes), same "
+          "formulas:")
+    print(f"  dense float16 path: {gb(dense_in)}")
+    print(f"  bank, {len(GRID)} rates float32: {gb(bank_nbytes(len(GRID), i['n'], i['k']))} "
+          f"({bank_nbytes(len(GRID), i['n'], i['k']) / dense_in:.3f}x), with a best-epoch "
+          f"snapshot {gb(bank_nbytes(len(GRID), i['n'], i['k'], snapshot=True))}")
+    for k in KS:
+        b = topk_nbytes(i["epochs"], i["n"], k)
+        print(f"  top-{k} path: {gb(b)} ({b / dense_in:.4f}x)")
+
+
+if __name__ == "__main__":
+    main()
