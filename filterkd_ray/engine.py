@@ -14,6 +14,7 @@ import copy
 import dataclasses
 import math
 import time
+import warnings
 from typing import Callable
 
 import numpy as np
@@ -84,8 +85,12 @@ class DeviceData:
 
 
 def to_device(ds: Dataset, device) -> DeviceData:
-    """Copy a Dataset's arrays (read-only views from the object store are fine) to `device`."""
-    t = lambda a: torch.as_tensor(np.ascontiguousarray(a)).to(device)  # noqa: E731
+    """Copy a Dataset's arrays to `device`. On CPU the tensors share memory with the arrays,
+    read-only object-store views included: the engine only ever reads its data tensors."""
+    def t(a):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            return torch.as_tensor(np.ascontiguousarray(a)).to(device)
     stats = lambda v: None if v is None else torch.tensor(v, device=device).view(1, -1, 1, 1)  # noqa: E731
     return DeviceData(train_x=t(ds.train.x), train_y=t(ds.train.labels), val_x=t(ds.val.x),
                       val_y=t(ds.val.labels), test_x=t(ds.test.x), test_y=t(ds.test.y),

@@ -13,7 +13,7 @@ import pytest
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
-SMOKE = "sweeps/toy_smoke.yaml"
+SMOKE = str(Path(__file__).resolve().parents[1] / "sweeps" / "toy_smoke.yaml")
 REQUIRED = ["trial_id", "stage", "method", "dataset", "noise_kind", "noise_rate", "seed", "ema_rate",
             "temperature", "distill_weight", "ls_epsilon", "snapshot", "val_acc", "test_acc",
             "test_acc_last", "test_nll", "test_ece", "label_dist_pstar", "label_recovery", "status",
@@ -132,7 +132,10 @@ def test_diverging_trials_are_failed_rows_and_the_sweep_goes_on(tmp_path):
     out = tmp_path / "nan"
     extra = ["--set", "seeds=[0]", "--set", "data.noise.rates=[0.3]", "--set", "methods=[oht,filter_kd]",
              "--set", "search.num_samples=2", "--set", "search.space={}", "--set", "student.lr=1e12"]
-    proc = subprocess.run(sweep_cmd(out, *extra), capture_output=True, text=True, timeout=900)
+    # A relative --output, resolved against the caller's directory (Tune runs each trial in
+    # a working directory of its own).
+    proc = subprocess.run(sweep_cmd("nan", *extra), capture_output=True, text=True, timeout=900,
+                          cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     trials = pq.read_table(out / "trials.parquet").to_pandas()
     students = trials[trials.stage != "teacher"]
