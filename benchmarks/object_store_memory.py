@@ -27,17 +27,15 @@ The driver's own copy is deleted after the put and not counted (same in every mo
 from __future__ import annotations
 
 import argparse
-import datetime
 import gc
 import os
-import platform
-import subprocess
 import tempfile
 import time
 
 import numpy as np
 import psutil
 import ray
+from _provenance import header  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 MB = 1024**2   # MiB
 MODES = ("shared", "by_value", "memmap")
@@ -127,17 +125,7 @@ def run_mode(mode: str, path: np.ndarray | None, args) -> list[dict]:
 
 
 def provenance() -> str:
-    cpu = platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True, check=False).stdout.strip() or "unknown"
-    return (f"{datetime.datetime.now().isoformat(timespec='seconds')}  commit {commit}  "
-            f"ray {ray.__version__}  numpy {np.__version__}  {cpu}, {os.cpu_count()} cores, "
-            f"load average {os.getloadavg()[0]:.1f}")
+    return header("object_store_memory.py", f"# ray {ray.__version__}")
 
 
 def main() -> None:

@@ -28,11 +28,6 @@ records the dense path, so the comparison is same run, same predictions.
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
-import platform
-import subprocess
-import sys
 import time
 
 import numpy as np
@@ -45,6 +40,7 @@ from filterkd_ray.labels import filter_path
 from filterkd_ray.pathmodes import (FilterBank, bank_nbytes, bank_target, dense_nbytes,
                                     filter_topk, topk_nbytes, topk_path)
 from filterkd_ray.spec import TrainSpec
+from _provenance import header  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 GRID = [0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0]
 KS = (1, 2, 5)
@@ -53,25 +49,7 @@ IMAGENET = {"n": 1_281_167, "epochs": 90, "k": 1000}
 
 
 def provenance() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True, check=False).stdout.strip() or "unknown"
-    except OSError:
-        commit = "unknown"
-    return "\n".join([
-        "# benchmarks/path_modes.py",
-        f"# date (UTC): {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M}",
-        f"# command: {' '.join([os.path.basename(sys.executable)] + sys.argv)}",
-        f"# git commit: {commit}",
-        f"# torch {torch.__version__}, numpy {np.__version__}, python {platform.python_version()}",
-        f"# CPU: {cpu}; os.cpu_count()={os.cpu_count()}; torch threads={torch.get_num_threads()}",
-    ])
+    return header("path_modes.py")
 
 
 def gb(b: float) -> str:

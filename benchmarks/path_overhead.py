@@ -26,12 +26,8 @@ of a shared machine. Goal: engine/off <= 1.02.
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
-import platform
 import statistics
-import subprocess
-import sys
 import time
 
 import numpy as np
@@ -43,6 +39,7 @@ from filterkd_ray.engine import Seeds, fit, to_device
 from filterkd_ray.labels import Target, filter_path
 from filterkd_ray.models import MODELS, register_model
 from filterkd_ray.spec import TrainSpec
+from _provenance import header  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 EMA = 0.05               # the paper code's --smoothing
 CNN = "fastnet"          # the project's small CPU CNN; a local stand-in if it is not registered
@@ -168,26 +165,8 @@ def bench(name: str, ds: Dataset, cfg: TrainSpec, runs: int) -> dict:
 
 
 def provenance(args) -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True, check=False).stdout.strip() or "unknown"
-    except OSError:
-        commit = "unknown"
-    return "\n".join([
-        "# benchmarks/path_overhead.py",
-        f"# date (UTC): {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M}",
-        f"# command: {' '.join([os.path.basename(sys.executable)] + sys.argv)}",
-        f"# git commit: {commit}",
-        f"# torch {torch.__version__}, numpy {np.__version__}, python {platform.python_version()}",
-        f"# CPU: {cpu}; os.cpu_count()={os.cpu_count()}; torch threads={torch.get_num_threads()}",
-        f"# runs per column: {args.runs} (median reported, order rotated per run)",
-    ])
+    return header("path_overhead.py",
+                  f"# runs per column: {args.runs} (median reported, order rotated per run)")
 
 
 def main(argv=None) -> None:

@@ -20,10 +20,7 @@ decode-once time separately, and the ratio with decode-once charged to a single 
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -34,36 +31,22 @@ import torch
 from filterkd_ray.data import Dataset, Split
 from filterkd_ray.data.images import CIFAR10_STATS, decode_images
 from filterkd_ray.engine import _generator, to_device
+from _provenance import header  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 ROOT = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "cifar10"
 BATCH = 256
 
 
 def provenance(args) -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True, check=False).stdout.strip() or "unknown"
-    import torchvision
     import PIL
-    return "\n".join([
-        "# benchmarks/pipeline_throughput.py",
-        f"# date (UTC): {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M}",
-        f"# command: {' '.join([os.path.basename(sys.executable)] + sys.argv)}",
-        f"# git commit: {commit}",
-        f"# torch {torch.__version__}, torchvision {torchvision.__version__}, "
-        f"pillow {PIL.__version__}, numpy {np.__version__}, python {platform.python_version()}",
-        f"# CPU: {cpu}; os.cpu_count()={os.cpu_count()}; load average at start "
-        f"{os.getloadavg()[0]:.2f} (a shared machine: other work ran alongside)",
+    import torchvision
+    return header(
+        "pipeline_throughput.py",
+        f"# torchvision {torchvision.__version__}, pillow {PIL.__version__}",
         f"# data: CIFAR-10 (JPEG copy) train, first {args.per_class} files per class = "
         f"{10 * args.per_class} images; batch {BATCH}",
         f"# ours: main process, torch threads={args.threads}, decode threads="
-        f"{min(8, os.cpu_count() or 1)}; baseline: DataLoader num_workers={args.workers}",
-    ])
+        f"{min(8, os.cpu_count() or 1)}; baseline: DataLoader num_workers={args.workers}")
 
 
 def chosen_files(per_class: int):

@@ -7,12 +7,12 @@ on 2 cores, 1.0 is no gain. Goal: <= 0.6.
 """
 import argparse
 import os
-import platform
 import tempfile
 import time
 
 import torch
 
+from _provenance import header  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 from filterkd_ray.experiment import device_for, load_clean, noisy, run_student
 from filterkd_ray.spec import load_spec
 
@@ -62,9 +62,7 @@ def main():
         par = through_ray(spec, os.path.join(d, "sweep"))
     ideal = seq / 2
     lines = [
-        f"# sweep_efficiency | torch {torch.__version__} | {platform.processor() or platform.machine()} | "
-        f"{os.cpu_count()} cores | {time.strftime('%Y-%m-%d %H:%M')}",
-        f"# command: .venv/bin/python benchmarks/sweep_efficiency.py --epochs {args.epochs}",
+        header("sweep_efficiency.py"),
         f"8 toy students (oht, 30% noise, {args.epochs} epochs, 5000 train samples)",
         f"(a) sequential engine.fit, 1 thread : {seq:7.1f} s  (per training {min(each):.1f}-{max(each):.1f} s)",
         f"(b) filterkd-ray Tune stage, 2 at once: {par:7.1f} s",

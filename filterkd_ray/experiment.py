@@ -5,13 +5,11 @@ them in one process. Each returns the finished `FitResult` plus the result-table
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import socket
 import time
 
-import numpy as np
 import torch
 
 from filterkd_ray.data import Dataset, load_dataset

@@ -1,6 +1,5 @@
 """`filterkd-ray validate` rejects malformed specs with one line naming the field, exit 2,
 and `sweep` with a bad spec creates no output folder."""
-import copy
 import subprocess
 import sys
 
