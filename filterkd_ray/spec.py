@@ -8,16 +8,30 @@ from __future__ import annotations
 
 import inspect
 from pathlib import Path
-from typing import Literal, Union
+from typing import Annotated, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from filterkd_ray import InputError
 from filterkd_ray.data import DATASETS
 from filterkd_ray.data.noise import NOISE_KINDS
 from filterkd_ray.labels import METHODS, SNAPSHOTS
 from filterkd_ray.models import MODELS
+
+
+def _registered(what: str, registry: dict):
+    """A validator: the value must name an entry of `registry`."""
+    def check(v: str) -> str:
+        if v not in registry:
+            raise ValueError(f"unknown {what} {v!r}; choose one of {sorted(registry)}")
+        return v
+    return AfterValidator(check)
+
+
+DatasetName = Annotated[str, _registered("dataset", DATASETS)]
+ModelName = Annotated[str, _registered("model", MODELS)]
+MethodName = Annotated[str, _registered("method", METHODS)]
 
 
 class Strict(BaseModel):
@@ -64,16 +78,9 @@ class NoiseSpec(Strict):
 
 
 class DataSpec(Strict):
-    name: str
+    name: DatasetName
     options: dict = {}          # keyword arguments of the dataset's loader
     noise: NoiseSpec = NoiseSpec()
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v):
-        if v not in DATASETS:
-            raise ValueError(f"unknown dataset {v!r}; choose one of {sorted(DATASETS)}")
-        return v
 
     @model_validator(mode="after")
     def _options(self):
@@ -86,7 +93,7 @@ class DataSpec(Strict):
 
 
 class TrainSpec(Strict):
-    model: str = "mlp"
+    model: ModelName = "mlp"
     epochs: int = Field(20, ge=1)
     batch_size: int = Field(32, ge=1)
     lr: float = Field(0.01, gt=0)
@@ -101,13 +108,6 @@ class TrainSpec(Strict):
     drop_last: bool = False
     precision: Literal["fp32", "bf16"] = "fp32"
     select_metric: Literal["val_acc", "val_nll"] = "val_acc"
-
-    @field_validator("model")
-    @classmethod
-    def _model(cls, v):
-        if v not in MODELS:
-            raise ValueError(f"unknown model {v!r}; choose one of {sorted(MODELS)}")
-        return v
 
     @model_validator(mode="after")
     def _nesterov(self):
@@ -236,7 +236,7 @@ class Spec(Strict):
     seeds: list[int] = Field(default=[0], min_length=1)
     teacher: TrainSpec = TrainSpec()
     student: TrainSpec = TrainSpec()
-    methods: list[str] = Field(default=PAPER_METHODS, min_length=1)
+    methods: list[MethodName] = Field(default=PAPER_METHODS, min_length=1)
     search: SearchSpec = SearchSpec()
     scaling: ScalingSpec = ScalingSpec()
     loss_scale: float = Field(1.0, gt=0)     # 2.0 = the official code's extra factor
@@ -245,9 +245,6 @@ class Spec(Strict):
     @field_validator("methods")
     @classmethod
     def _methods(cls, v):
-        for m in v:
-            if m not in METHODS:
-                raise ValueError(f"unknown method {m!r}; choose from {sorted(METHODS)}")
         if len(set(v)) != len(v):
             raise ValueError("methods repeat a name")
         return v
