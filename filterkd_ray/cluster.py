@@ -240,3 +240,53 @@ def unplaceable(offered: list[dict], demand: dict[str, float]) -> str | None:
     have = "; ".join(f"{n['node_type']} " + (", ".join(f"{k}: {v:g}" for k, v in
                      sorted(n["resources"].items())) or "(detected at start)") for n in offered)
     return f"no node type offers {want} (offered: {have})"
+
+
+# Where `ray up` leaves the cluster config on the head node (the autoscaler reads it; Ray Tune
+# checks for it to tell an autoscaling cluster from a fixed one, tune/execution/cluster_info.py).
+LAUNCHER_CONFIG = "~/ray_bootstrap_config.yaml"
+
+
+def launcher_node_types(path: str | Path = LAUNCHER_CONFIG) -> list[dict] | None:
+    """The node types the autoscaler may launch (as `cluster_resources_offered`), or None when
+    this machine is not the head of a cluster started with `ray up` (no config file there).
+
+    Why: on such a cluster the GPU workers scale from zero, so the nodes that are up when a
+    sweep starts (often the CPU head alone) say nothing about what a trial can get.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        return None
+    try:
+        config = yaml.safe_load(path.read_text())   # `ray up` writes it as JSON: YAML reads it
+        return cluster_resources_offered(config)
+    except (yaml.YAMLError, AttributeError, TypeError, InputError):
+        return None                                  # not a config we understand: no opinion
+
+
+def workers_unplaceable(offered: list[dict], worker: dict[str, float],
+                        num_workers: int) -> str | None:
+    """None if the node types can host `num_workers` bundles of `worker` at once, else why not.
+
+    One bundle must fit one node (`unplaceable`); the count is Σ max_nodes × bundles per node,
+    counting only node types whose counts are known (unknown ones get the benefit of the doubt).
+    """
+    why = unplaceable(offered, worker)
+    if why is not None:
+        return why
+    room = 0
+    for node in offered:
+        per_key = []
+        for k, need in worker.items():
+            have = node["resources"].get(k)
+            if need <= 0 or (have is None and not node["complete"] and k in ("CPU", "GPU")):
+                continue
+            per_key.append(int((have or 0) / need + 1e-9))
+        if not per_key:
+            return None                                  # a node type of unknown size
+        room += node["max_nodes"] * min(per_key)
+    if room >= num_workers:
+        return None
+    want = ", ".join(f"{k}: {v:g}" for k, v in worker.items())
+    return (f"{num_workers} workers of {{{want}}} need more than the node types can ever hold "
+            f"together ({room} at most, with every node type at its max_workers)")
