@@ -27,6 +27,7 @@ import ray.tune
 import torch
 
 from filterkd_ray import InputError
+from filterkd_ray.cluster import LAUNCHER_CONFIG, launcher_node_types, workers_unplaceable
 from filterkd_ray.engine import Diverged
 from filterkd_ray.experiment import (base_row, device_for, epoch_rows, noisy, result_row,
                                      run_student, run_teacher, teacher_id, teacher_outputs)
@@ -207,9 +208,18 @@ def trial_resources(spec: Spec) -> dict:
     return {"CPU": 0.1}   # the TorchTrainer driver; its workers reserve their own resources
 
 
-def check_resources(spec: Spec) -> None:
+def check_resources(spec: Spec, launcher_config: str = LAUNCHER_CONFIG) -> None:
     """Fail before submission when no node, or the whole cluster, can ever hold one trial."""
     need = worker_resources(spec)
+    offered = launcher_node_types(launcher_config)
+    if offered is not None:
+        # A `ray up` cluster: the autoscaler adds nodes on demand (GPU workers scale from
+        # zero), so judge the node types it may launch, not the nodes up right now.
+        why = workers_unplaceable(offered, need, spec.scaling.num_workers)
+        if why is not None:
+            raise InputError(f"scaling: {why}; lower scaling.* or add a node type that offers "
+                             f"it to the cluster config ({launcher_config})")
+        return
     # A DDP trial also holds its Train driver's CPU while its workers run (0.1 + 4 x 1 CPU
     # never fits a 4-CPU cluster: the trial would wait forever).
     driver = trial_resources(spec) if spec.scaling.num_workers > 1 else {}
@@ -227,6 +237,15 @@ def check_resources(spec: Spec) -> None:
             raise InputError(f"scaling: {spec.scaling.num_workers} workers{who} need {key}={whole:g} "
                              f"but the cluster has {total.get(key, 0.0):g} "
                              f"({_fmt(total)}); lower scaling.num_workers")
+    # A worker is one bundle: one node must hold all of it at once. Per-key totals can pass
+    # while no node does (CPUs on one node, the GPU stand-in on another): Tune would wait forever.
+    fits = sum(min(math.floor(n.get(k, 0.0) / v + 1e-9) for k, v in need.items() if v > 0)
+               for n in nodes)
+    if fits < spec.scaling.num_workers:
+        raise InputError(f"scaling: one worker needs {_fmt(need)} on a single node; the nodes "
+                         f"have room for {fits} of {spec.scaling.num_workers} such workers "
+                         f"(nodes: {' | '.join(_fmt(n) for n in nodes)}); lower scaling.* or "
+                         "add nodes that offer all of it")
 
 
 def _fmt(res: dict) -> str:

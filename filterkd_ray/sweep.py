@@ -9,6 +9,7 @@ That makes `--resume` simple and exact: a run with a row file is never run again
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import os
 import time
@@ -40,7 +41,9 @@ def init_ray(address: str | None, spec: Spec) -> None:
     if ray.is_initialized():
         return
     if address:
-        ray.init(address=address, log_to_driver=False)
+        # WARNING: Ray's INFO lines ("Connecting to existing Ray cluster ...") would surround
+        # a bad-input error, which must stay the one line on stderr.
+        ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
         return
     # Logical CPUs may exceed cores: a DDP trial needs its driver plus its workers.
     need = spec.scaling.num_workers * spec.scaling.cpus_per_worker + 1
@@ -76,13 +79,14 @@ class Sweep:
             "updated_at": _now(), **provenance(), **extra})
 
     # --- running a stage -----------------------------------------------------------------
-    def tune(self, name: str, param_space: dict, context: dict, num_samples: int,
+    def tune(self, name: str, param_space: dict, context: dict, num_samples: int, total: int,
              search_alg=None, scheduler=None) -> None:
+        """One Tune run of `total` trials (a grid of `total` jobs, or `num_samples` searched)."""
         spec = self.spec
         trainable = tune.with_resources(functools.partial(trial_fn, context=context),
                                         trial_resources(spec))
         mode = "max" if spec.search.metric.endswith("acc") else "min"
-        recorder = RunRecorder(self, context)
+        recorder = RunRecorder(self, total)
         tuner = tune.Tuner(
             trainable, param_space=param_space,
             tune_config=tune.TuneConfig(
@@ -102,7 +106,7 @@ class Sweep:
         self.log(f"[{name}] {len(jobs) - len(todo)} of {len(jobs)} runs already done; "
                  f"running {len(todo)}")
         if todo:
-            self.tune(name, {"job": tune.grid_search(todo)}, context, 1)
+            self.tune(name, {"job": tune.grid_search(todo)}, context, 1, len(todo))
 
     # --- the three stages ----------------------------------------------------------------
     def run(self, resume: bool) -> Store:
@@ -178,7 +182,7 @@ class Sweep:
         if spec.search.scheduler == "asha":
             scheduler = PerGroupASHA(lambda: tune.schedulers.ASHAScheduler(
                 time_attr="epoch", max_t=spec.student.epochs, grace_period=spec.search.grace_period))
-        self.tune("search", {}, {**base, "teacher_refs_by_id": teacher_refs}, todo,
+        self.tune("search", {}, {**base, "teacher_refs_by_id": teacher_refs}, todo, todo,
                   GroupedSearch(groups, "objective", mode), scheduler)
 
     def optuna_storage(self, group: str):
@@ -320,8 +324,8 @@ class RunRecorder(tune.Callback):
     """Driver-side: progress on the terminal, and rows for trials that never wrote their own
     (stopped by the scheduler, or errored after all retries)."""
 
-    def __init__(self, sweep: Sweep, context: dict):
-        self.sweep, self.context = sweep, context
+    def __init__(self, sweep: Sweep, total: int):
+        self.sweep, self.total = sweep, total
         self.history: dict[str, list[dict]] = {}
         self.best, self.done, self.t0 = None, 0, time.time()
 
@@ -342,6 +346,12 @@ class RunRecorder(tune.Callback):
                    "error": None, **self._summary(trial)}
             write_run(self.sweep.store, run_id, row, self._epochs(trial, run_id, row))
         self._progress(trials, trial)
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        # A lost node or a crashed trial: say so, or a retry looks like a hang on the terminal.
+        self.sweep.log(f"  {self._run_id(trial)}: attempt {trial.num_failures} failed "
+                       f"(node lost or trial crashed); retrying from its last checkpoint, "
+                       f"{self.sweep.spec.scaling.max_failures - trial.num_failures} retries left")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.done += 1
@@ -378,10 +388,9 @@ class RunRecorder(tune.Callback):
         running = sum(t.status == "RUNNING" for t in trials)
         pending = sum(t.status == "PENDING" for t in trials)
         elapsed = time.time() - self.t0
-        total = self.done + running + pending
-        left = elapsed / self.done * (total - self.done) if self.done else float("nan")
+        left = elapsed / self.done * (self.total - self.done) if self.done else float("nan")
         best = "-" if self.best is None else f"{self.best:.4f}"
-        self.sweep.log(f"  {self._run_id(trial)}: {self.done} done, {running} running, "
+        self.sweep.log(f"  {self._run_id(trial)}: {self.done}/{self.total} done, {running} running, "
                        f"{pending} pending; best {self.sweep.spec.search.metric} {best}; "
                        f"{elapsed:.0f}s elapsed, ~{left:.0f}s left in this stage")
 
