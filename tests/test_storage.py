@@ -25,6 +25,7 @@ import sys
 import threading
 import time
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -168,7 +169,9 @@ def test_a_partial_file_is_what_the_rename_protects_against(tmp_path):
 # --- S3, through moto's server on localhost ------------------------------------------------
 
 def _moto_server() -> str | None:
-    return os.environ.get("FILTERKD_MOTO_SERVER") or shutil.which("moto_server")
+    beside_python = Path(sys.executable).with_name("moto_server")   # the venv's, off PATH in CI
+    return (os.environ.get("FILTERKD_MOTO_SERVER") or shutil.which("moto_server")
+            or (str(beside_python) if beside_python.exists() else None))
 
 
 @pytest.fixture(scope="module")
