@@ -29,12 +29,14 @@ import pandas as pd
 from scipy import stats
 
 from filterkd_ray import InputError, __version__, analysis
+from filterkd_ray import experiment
 from filterkd_ray.labels import DEFAULT_HPARAMS, METHODS, filter_path
 from filterkd_ray.results import Store, git_commit, open_sweep
 
 BASELINE = "oht"
-HPARAMS = ("ema_rate", "temperature", "distill_weight", "ls_epsilon", "snapshot")
-NUMERIC_HPARAMS = ("ema_rate", "temperature", "distill_weight", "ls_epsilon")
+# Every hyperparameter a row can carry (experiment.HPARAMS: the paper's five and the family's).
+HPARAMS = experiment.HPARAMS
+NUMERIC_HPARAMS = tuple(p for p in HPARAMS if p != "snapshot")
 LOG_HPARAMS = ("ema_rate", "temperature")
 STUDENT_STAGES = ("search", "reproduce")
 REQUIRED = ("trial_id", "stage", "method", "noise_rate", "seed", "status", "val_acc",

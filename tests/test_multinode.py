@@ -43,8 +43,14 @@ MB = 1024**2
 SMALL = ["seeds=[0]", "data.noise.rates=[0.3]", "search.space={}", "reproduce=false",
          "teacher.epochs=2", "student.epochs=2", "data.options.n_train=100",
          "data.options.n_val=100", "data.options.n_test=100"]
-ENV = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
-       "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+def child_env() -> dict:
+    """The environment for a CLI subprocess, taken when it starts: a local Ray started
+    earlier in this pytest process turns on token auth by setting RAY_AUTH_MODE here, and the
+    child must see the same mode as the cluster it joins."""
+    return {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
+            "RAY_USAGE_STATS_ENABLED": "0"}
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +81,7 @@ def cli(cluster, command: str, *args: str, sets=()):
 
 def sweep(cluster, output: str, *sets: str) -> subprocess.CompletedProcess:
     proc = subprocess.run(cli(cluster, "sweep", "--output", output, sets=[*SMALL, *sets]),
-                          capture_output=True, text=True, timeout=600, env=ENV)
+                          capture_output=True, text=True, timeout=600, env=child_env())
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
@@ -114,10 +120,10 @@ def test_gpu_stand_in_trials_run_only_on_the_node_that_offers_it(cluster, tmp_pa
 def test_a_resource_no_node_offers_is_one_line_exit_2(cluster, tmp_path):
     bad = ["scaling.resources_per_worker={tpu: 1}"]
     val = subprocess.run(cli(cluster, "validate", sets=bad), capture_output=True, text=True,
-                         timeout=300, env=ENV)
+                         timeout=300, env=child_env())
     out = tmp_path / "never"
     run = subprocess.run(cli(cluster, "sweep", "--output", str(out), sets=[*SMALL, *bad]),
-                         capture_output=True, text=True, timeout=300, env=ENV)
+                         capture_output=True, text=True, timeout=300, env=child_env())
     for proc in (val, run):
         assert proc.returncode == 2, proc.stderr[-2000:]
         lines = proc.stderr.strip().splitlines()
@@ -201,7 +207,7 @@ def test_trials_spread_over_nodes_and_survive_losing_one(cluster, tmp_path):
             "data.options.n_train=300", "scaling.checkpoint_every=1", "scaling.max_failures=2"]
     log = (tmp_path / "stdout").open("w+")
     proc = subprocess.Popen(cli(cluster, "sweep", "--output", str(out), sets=sets), stdout=log,
-                            stderr=subprocess.STDOUT, text=True, env=ENV)
+                            stderr=subprocess.STDOUT, text=True, env=child_env())
     try:
         # Kill the cpu node once a run has finished there and two trials are mid-run: with
         # one CPU per node, one of those two is on the cpu node.
