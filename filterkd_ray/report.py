@@ -131,8 +131,14 @@ def best_hparams(trials: pd.DataFrame, select: str = "val_acc") -> pd.DataFrame:
         s = s if len(s) else g.dropna(subset=[select])
         if s.empty:
             continue
-        top = s.sort_values(select, ascending=not _higher_is_better(select), kind="stable").iloc[0]
         params = METHODS[method].params if method in METHODS else HPARAMS
+        rep = g[g.stage == "reproduce"]
+        if len(rep) and params:
+            # Name the configuration that was reproduced (several search trials can tie).
+            same = np.logical_and.reduce([s[p].astype(str) == str(rep.iloc[0][p]) for p in params])
+            s = s[same] if same.any() else s
+        top = s.sort_values([select, "trial_id"],
+                            ascending=[not _higher_is_better(select), True]).iloc[0]
         out.append({"noise_rate": rate, "method": method,
                     **{p: (top[p] if p in params and p in top else None) for p in HPARAMS},
                     f"best_{select}": top[select], "best_trial_id": top["trial_id"]})

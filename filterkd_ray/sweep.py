@@ -203,7 +203,9 @@ class Sweep:
         metric = self.spec.search.metric
         best = {}
         for (r, m), g in rows.groupby(["noise_rate", "method"]):
-            top = g.sort_values(metric, ascending=metric.endswith("nll")).iloc[0]
+            # Ties broken by trial id, as report.best_hparams does, so the summary names the
+            # configuration that was reproduced.
+            top = g.sort_values([metric, "trial_id"], ascending=[metric.endswith("nll"), True]).iloc[0]
             best[(float(r), m)] = {p: _plain(top[p]) for p in METHODS[m].params}
         return best
 
