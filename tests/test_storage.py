@@ -169,9 +169,11 @@ def test_a_partial_file_is_what_the_rename_protects_against(tmp_path):
 # --- S3, through moto's server on localhost ------------------------------------------------
 
 def _moto_server() -> str | None:
-    beside_python = Path(sys.executable).with_name("moto_server")   # the venv's, off PATH in CI
-    return (os.environ.get("FILTERKD_MOTO_SERVER") or shutil.which("moto_server")
-            or (str(beside_python) if beside_python.exists() else None))
+    # The venv's first: a moto_server on PATH may be an older one (5.2.1 fails with pyarrow 26).
+    beside_python = Path(sys.executable).with_name("moto_server")
+    return (os.environ.get("FILTERKD_MOTO_SERVER")
+            or (str(beside_python) if beside_python.exists() else None)
+            or shutil.which("moto_server"))
 
 
 @pytest.fixture(scope="module")
