@@ -170,7 +170,9 @@ class SearchSpec(Strict):
     max_concurrent: int = Field(2, ge=1)
     metric: Literal["val_acc", "val_nll"] = "val_acc"
     seed: int = 0                         # the TPE sampler's seed
-    seeds: list[int] | None = None        # data seeds whose teachers the search uses
+    # The seed whose teacher the search distils from. One for now: a search objective averaged
+    # over several seeds is not implemented, and a second seed must not be silently ignored.
+    seeds: list[int] | None = Field(None, min_length=1, max_length=1)
     scheduler: Literal["none", "asha"] = "none"
     grace_period: int = Field(1, ge=1)
     space: dict[str, dict[str, Dimension]] = {}

@@ -59,6 +59,7 @@ BAD = [
     ("hyperparameter the method does not take", mutate("search.space.oht", {"temperature": 2.0}), "oht"),
     ("space for a method not run", {**mutate("methods", ["oht", "ls"]), "search": {"space": {"kd": {}}}}, "kd"),
     ("search seed not among the seeds", mutate("search.seeds", [5]), "search.seeds"),
+    ("two search seeds (one is supported)", mutate("search.seeds", [0, 1]), "search.seeds"),
     ("GPU without GPUs per worker", mutate("scaling.use_gpu", True), "scaling"),
     ("fractional GPUs with DDP", mutate("scaling", {"num_workers": 2, "use_gpu": True, "gpus_per_worker": 0.5}),
      "scaling"),
