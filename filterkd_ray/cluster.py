@@ -25,7 +25,7 @@ from pathlib import Path
 
 import yaml
 
-from filterkd_ray import InputError
+from filterkd_ray import InputError, read_yaml_mapping
 
 # vCPUs, GPUs and memory (GiB) of the EC2 instance types the configs use or suggest (AWS
 # instance-type pages). On AWS Ray detects CPU/GPU from the instance type when `resources`
@@ -87,17 +87,7 @@ def validate_cluster_config(path: str | Path) -> dict:
     Raises InputError (one line, naming the file and the key) on the first problem.
     """
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: cluster config not found")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        problem = getattr(err, "problem", None) or "parse error"
-        raise InputError(f"{path}: not valid YAML{where} ({problem})") from None
-    if not isinstance(raw, dict):
-        raise InputError(f"{path}: the file must hold a YAML mapping (cluster_name:, provider:, ...)")
+    raw = read_yaml_mapping(path, "cluster config", "cluster_name:, provider:, ...")
 
     import jsonschema
     schema = _ray_schema()

@@ -29,7 +29,7 @@ import torch
 from filterkd_ray import InputError
 from filterkd_ray.cluster import LAUNCHER_CONFIG, launcher_node_types, workers_unplaceable
 from filterkd_ray.engine import Diverged
-from filterkd_ray.experiment import (base_row, device_for, epoch_rows, noisy, result_row,
+from filterkd_ray.experiment import (base_row, device_for, epoch_rows, noisy,
                                      run_student, run_teacher, teacher_id, teacher_outputs)
 from filterkd_ray.labels import METHODS
 from filterkd_ray.results import EPOCH_COLUMNS, TRIAL_COLUMNS, Store, frame
@@ -108,9 +108,7 @@ def job_body(config: dict, reporter: Reporter) -> None:
             if teacher is not None:
                 row["path_zero_copy"] = not teacher.path.flags.writeable
     except Diverged as err:
-        row = result_row(base_row(spec, config["stage"], config.get("method", "teacher"),
-                                  rate, seed), None, t0, status="failed", error=str(err),
-                         **{k: v for k, v in config.get("hparams", {}).items()})
+        row = {**error_row(spec, config, str(err)), "wall_s": time.perf_counter() - t0}
         if reporter.rank == 0:
             write_run(store, run_id, row, [])
         reporter.report({"objective": objective_value({}, metric), metric: math.nan,

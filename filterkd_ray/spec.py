@@ -13,7 +13,7 @@ from typing import Annotated, Literal, Union
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from filterkd_ray import InputError
+from filterkd_ray import InputError, read_yaml_mapping
 from filterkd_ray.data import DATASETS
 from filterkd_ray.data.noise import NOISE_KINDS
 from filterkd_ray.labels import METHODS, SNAPSHOTS
@@ -315,11 +315,6 @@ def validate_spec(raw) -> Spec:
 
 
 def load_spec(path: str | Path, overrides: list[str] = ()) -> Spec:
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: spec file not found")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise InputError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
-    return validate_spec(apply_overrides(raw if isinstance(raw, dict) else raw, list(overrides)))
+    # A mapping before the overrides: --set on a YAML list would otherwise crash.
+    raw = read_yaml_mapping(path, "spec file", "name:, data:, ...")
+    return validate_spec(apply_overrides(raw, list(overrides)))
