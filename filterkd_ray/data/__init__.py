@@ -20,6 +20,11 @@ class Split:
     y: np.ndarray                      # int64 [n], clean labels
     y_noisy: np.ndarray | None = None  # int64 [n], what training sees (None = clean)
     p_star: np.ndarray | None = None   # float32 [n, K], true posterior where known (toy)
+    # int64 [n]: each row's index in the loader's source training pool (the order a label
+    # file over the original training set is in; see Dataset.source_size). Set by every
+    # loader for rows that come from that pool (train, and val when held out of it); None
+    # for the test split and an own val/ folder, which no such file labels.
+    source_index: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.y)
@@ -46,6 +51,9 @@ class Dataset:
     std: tuple[float, ...] | None = None
     augment: str = "none"              # "none" | "crop_flip" | "crop_flip_cutout"
     classes: list[str] | None = None
+    # Images in the source training pool that Split.source_index points into: the length
+    # of a label file "over the original training set" (noise_file.py). None = unknown.
+    source_size: int | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:

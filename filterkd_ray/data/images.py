@@ -34,7 +34,15 @@ and for an own val/, with the fixed seed 0 so every run is scored on the same im
 batches: "crop_flip", "crop_flip_cutout" or "none").
 
 Sample order is stable: pickle order for CIFAR, sorted class then sorted file name for
-folders. Decoded folder arrays are cached in `root/.filterkd_cache/` when `root` is
+folders. Train rows, and validation rows held out of the training pool, record
+`Split.source_index`: their position in the *source* training set (`Dataset.source_size`
+images), i.e. the CIFAR pickle order (50,000), `scan_folder`'s order of `root/train/`
+(sorted class folder, then sorted file name) for `imagefolder`, sorted wnid then sorted
+file name for `tinyimagenet` (100,000), and scikit-learn's order for `digits` (1,797, the
+test hold-out included). A per-sample label file (`noise.kind: file`) lists its labels in
+that order. An own `val/` folder gets none: it is not part of the training pool.
+
+Decoded folder arrays are cached in `root/.filterkd_cache/` when `root` is
 writable (`cache: false` turns it off); the cache key covers every file's name, size and
 modification time, so an edited folder is decoded afresh.
 """
@@ -111,15 +119,21 @@ def per_class_subset(y: np.ndarray, k: int | None, seed: int) -> np.ndarray:
 
 
 class _Pool:
-    """A split before decoding: its labels, and how to get the images of chosen rows."""
+    """A split before decoding: its labels, and how to get the images of chosen rows.
 
-    def __init__(self, y: np.ndarray, fetch: Callable[[np.ndarray], np.ndarray]):
+    `source[i]` is row i's index in the source set of `source_size` images (default: the
+    pool itself, in order); digits' pool is the sklearn set minus its test hold-out."""
+
+    def __init__(self, y: np.ndarray, fetch: Callable[[np.ndarray], np.ndarray],
+                 source: np.ndarray | None = None, source_size: int | None = None):
         self.y = np.asarray(y, np.int64)
         self.fetch = fetch
+        self.source = np.arange(len(self.y)) if source is None else np.asarray(source, np.int64)
+        self.source_size = len(self.y) if source_size is None else int(source_size)
 
 
-def _array_pool(x: np.ndarray, y) -> _Pool:
-    return _Pool(y, lambda idx: x[idx])
+def _array_pool(x: np.ndarray, y, source=None, source_size=None) -> _Pool:
+    return _Pool(y, lambda idx: x[idx], source, source_size)
 
 
 def _resize_array(x: np.ndarray, size: int | None) -> np.ndarray:
@@ -143,12 +157,15 @@ def _assemble(name: str, classes: list[str], train: _Pool, test: _Pool, val: _Po
     pool_idx = per_class_subset(train.y, subset_per_class, split_seed)
     pool_x = _resize_array(train.fetch(pool_idx), image_size)
     pool_y = train.y[pool_idx]
+    # Composed: subset row -> pool row -> source image, so a label file over the original
+    # training set reaches train and held-out val rows whatever subset was drawn.
+    pool_src = train.source[pool_idx]
     if val is None:
         tr, va = split_holdout(len(pool_idx), val_fraction, split_seed)
-        train_split = Split(x=pool_x[tr], y=pool_y[tr])
-        val_split = Split(x=pool_x[va], y=pool_y[va])
-    else:
-        train_split = Split(x=pool_x, y=pool_y)
+        train_split = Split(x=pool_x[tr], y=pool_y[tr], source_index=pool_src[tr])
+        val_split = Split(x=pool_x[va], y=pool_y[va], source_index=pool_src[va])
+    else:   # an own val/ folder is not from the training pool: no source index
+        train_split = Split(x=pool_x, y=pool_y, source_index=pool_src)
         vi = per_class_subset(val.y, test_subset_per_class, TEST_SEED)
         val_split = Split(x=_resize_array(val.fetch(vi), image_size), y=val.y[vi])
     ti = per_class_subset(test.y, test_subset_per_class, TEST_SEED)
@@ -160,7 +177,7 @@ def _assemble(name: str, classes: list[str], train: _Pool, test: _Pool, val: _Po
     mean, std = stats if stats is not None else channel_stats(train_split.x)
     return Dataset(name=name, num_classes=len(classes), train=train_split, val=val_split,
                    test=test_split, mean=tuple(mean), std=tuple(std), augment=augment,
-                   classes=list(classes))
+                   classes=list(classes), source_size=train.source_size)
 
 
 def channel_stats(x: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -529,7 +546,10 @@ def load_digits(val_fraction: float = 0.1, test_fraction: float = 0.2, split_see
     x = np.rint(images * (255.0 / 16.0)).astype(np.uint8)[:, None]
     y = target.astype(np.int64)
     rest, test = split_holdout(len(y), test_fraction, TEST_SEED)
-    return _assemble("digits", [str(c) for c in range(10)], _array_pool(x[rest], y[rest]),
+    # Source index = the row in sklearn's order (all 1,797), so a label file for digits has
+    # one label per sklearn digit; its test rows are never read.
+    return _assemble("digits", [str(c) for c in range(10)],
+                     _array_pool(x[rest], y[rest], source=rest, source_size=len(y)),
                      _array_pool(x[test], y[test]), None, val_fraction=val_fraction,
                      split_seed=split_seed, subset_per_class=subset_per_class,
                      test_subset_per_class=None, image_size=image_size, augment=augment,

@@ -87,14 +87,15 @@ def apply_noise(dataset, rate: float, kind: str, seed: int, matrix=None, path=No
                 options=None):
     """Noisy labels on train and validation (selection sees what training sees); never test.
 
-    kind 'file' reads them from `path` (`key`: the entry in a .pt/.npz; `options`: the
-    dataset's loader options, to map the file's source order onto the splits)."""
+    kind 'file' reads them from `path` (`key`: the entry in a .pt/.npz), mapped onto the rows
+    by the loader's recorded `Split.source_index`. `options` (the loader's options) is no
+    longer needed for that and is ignored; it stays so existing callers keep working."""
     import dataclasses
     if kind == "file":
         from filterkd_ray.data.noise_file import apply_file_noise
         if path is None:
             raise InputError("data.noise.path: kind 'file' needs the path of a label file")
-        return apply_file_noise(dataset, path, key, options)
+        return apply_file_noise(dataset, path, key)
     out = dataclasses.replace(dataset)
     for i, name in enumerate(("train", "val")):
         split = getattr(dataset, name)

@@ -10,18 +10,20 @@ Formats (by suffix):
   `CIFAR-100_human.pt`: clean_label, noisy_label, ...); `key` picks the entry. Read with
   torch.load(weights_only=True) and numpy's array globals allowed: no code is run.
 
-Which rows get which labels. The file is in the order of the dataset's *source* training
-set, and the Dataset container does not record which source sample each training row is,
-so the mapping is:
-- a file with exactly len(train) labels: row i of the train split gets label i. The
-  validation split keeps its clean labels (the file says nothing about it), so selection
-  then sees clean labels (docs/family.md says so too).
-- `cifar10` / `cifar100` and a file covering the original training set (50,000): the
-  loader's own hold-out is recomputed with the same public functions and options
-  (`per_class_subset`, then `split_holdout` with data.options.val_fraction/split_seed/
-  subset_per_class), so train AND validation rows get the labels of their source images,
-  as with synthetic noise. With `subset_per_class` this needs the source labels, which
-  CIFAR-N's `.pt` carries as `clean_label`.
+Which rows get which labels. Every loader records, for each train row and each validation
+row held out of the training pool, `Split.source_index`: its position in the loader's source
+training set of `Dataset.source_size` images (CIFAR pickle order, `scan_folder` order for
+imagefolder, sorted wnid/file for tinyimagenet, sklearn order for digits, train-then-val
+for toy; data/images.py and data/toy.py document each). So:
+- a file with exactly `source_size` labels (one per image of the original training set):
+  every row with a source index gets its image's label, train AND validation, whatever
+  `val_fraction`, `split_seed` or `subset_per_class` chose, as with synthetic noise. An own
+  val/ folder (imagefolder) is not in the pool and keeps its clean labels.
+- otherwise, a file with exactly len(train) labels: row i of the train split gets label i,
+  and validation keeps its clean labels (the file says nothing about it), so selection
+  then sees clean labels.
+- a loader that records source_index but not source_size: any file covering every
+  recorded index (at least max + 1 labels) is read as one over its source set.
 
 Checks, each an InputError naming the file: unreadable/unknown format, a non-integer or
 out-of-range label, a length that fits neither rule, and the alignment itself: where the
@@ -32,7 +34,6 @@ another order agrees at ~1/K).
 from __future__ import annotations
 
 import dataclasses
-import inspect
 from pathlib import Path
 
 import numpy as np
@@ -41,8 +42,7 @@ from filterkd_ray import InputError
 
 SUFFIXES = (".npy", ".csv", ".txt", ".npz", ".pt", ".pth")
 CLEAN_KEY = "clean_label"
-POOL_DATASETS = ("cifar10", "cifar100")   # loaders whose hold-out can be recomputed
-CHANCE_MARGIN = 0.1                       # agreement must exceed 1/K by this much
+CHANCE_MARGIN = 0.1   # agreement must exceed 1/K by this much
 
 
 def _as_labels(arr, where: str) -> np.ndarray:
@@ -147,57 +147,37 @@ def _read_lines(path: Path) -> np.ndarray:
     return np.asarray(out, np.int64)
 
 
-def _loader_options(name: str, options: dict) -> dict:
-    """The options the loader ran with: the spec's, over the loader's own defaults."""
-    from filterkd_ray.data import DATASETS
-    params = inspect.signature(DATASETS[name]).parameters
-    return {**{k: p.default for k, p in params.items()
-               if p.default is not inspect.Parameter.empty}, **(options or {})}
-
-
-def source_indices(dataset, n_file: int, clean_file, options: dict | None, path):
-    """(train rows' source indices, val rows' source indices or None)."""
-    n_tr, n_va = len(dataset.train), len(dataset.val)
-    own_tr = getattr(dataset.train, "source_index", None)   # if a loader ever records it
-    own_va = getattr(dataset.val, "source_index", None)
-    if own_tr is not None:
-        return np.asarray(own_tr), None if own_va is None else np.asarray(own_va)
+def source_indices(dataset, n_file: int, path):
+    """(train rows' indices into the file, val rows' indices or None: val keeps clean labels)."""
+    n_tr = len(dataset.train)
+    src_tr = getattr(dataset.train, "source_index", None)
+    src_va = getattr(dataset.val, "source_index", None)
+    size = getattr(dataset, "source_size", None)
+    if src_tr is not None:
+        src_tr = np.asarray(src_tr, np.int64)
+        src_va = None if src_va is None else np.asarray(src_va, np.int64)
+        if size is None:   # a loader that does not say how large its source set is
+            need = 1 + max(src_tr.max(initial=-1),
+                           -1 if src_va is None else src_va.max(initial=-1))
+            size = n_file if n_file >= need else None
+        if n_file == size:
+            return src_tr, src_va
     if n_file == n_tr:
         return np.arange(n_tr), None
-    if dataset.name in POOL_DATASETS:
-        from filterkd_ray.data import split_holdout
-        from filterkd_ray.data.images import per_class_subset
-        opts = _loader_options(dataset.name, options)
-        k = opts.get("subset_per_class")
-        if k is None:
-            pool = np.arange(n_file)
-        elif clean_file is None:
-            raise InputError(f"{path}: with data.options.subset_per_class the file must carry "
-                             f"the source labels ({CLEAN_KEY!r}, as CIFAR-N's .pt does) to "
-                             "find the chosen images; or drop subset_per_class")
-        else:
-            pool = per_class_subset(clean_file, k, opts["split_seed"])
-        tr, va = split_holdout(len(pool), opts["val_fraction"], opts["split_seed"])
-        if len(tr) == n_tr and len(va) == n_va:
-            return pool[tr], pool[va]
-    alt = " or one per image of the original training set" if dataset.name in POOL_DATASETS else ""
+    pool = "" if size is None else f" or one per image of its source training set ({size})"
     raise InputError(f"{path}: holds {n_file} labels but dataset {dataset.name!r} has "
                      f"{n_tr} training samples; give one label per training sample in index "
-                     f"order{alt}")
+                     f"order{pool}")
 
 
-def apply_file_noise(dataset, path, key: str | None = None, options: dict | None = None):
+def apply_file_noise(dataset, path, key: str | None = None):
     """The dataset with y_noisy read from `path` (train, and validation where mappable)."""
     labels, clean = read_label_file(path, key)
     k = dataset.num_classes
     if labels.min() < 0 or labels.max() >= k:
         raise InputError(f"{path}: labels must lie in [0, {k}) for dataset "
                          f"{dataset.name!r}; found {labels.min()}..{labels.max()}")
-    idx_tr, idx_va = source_indices(dataset, len(labels), clean, options, path)
-    if idx_tr.max(initial=-1) >= len(labels) or (idx_va is not None and
-                                                 idx_va.max(initial=-1) >= len(labels)):
-        raise InputError(f"{path}: holds {len(labels)} labels, fewer than the dataset's "
-                         "source indices need")
+    idx_tr, idx_va = source_indices(dataset, len(labels), path)
     out = dataclasses.replace(dataset)
     for name, idx in (("train", idx_tr), ("val", idx_va)):
         if idx is None:

@@ -50,10 +50,15 @@ def make_toy(n: int, num_classes: int = 3, dim: int = 30, variance: float = 6.0,
 @register_dataset("toy")
 def load_toy(n_train: int = 5000, n_val: int = 5000, n_test: int = 20000,
              num_classes: int = 3, dim: int = 30, variance: float = 6.0, seed: int = 0) -> Dataset:
-    """One draw of the mixture cut in order into train / validation / test, as the paper does."""
+    """One draw of the mixture cut in order into train / validation / test, as the paper does.
+
+    The source training pool is train then validation as drawn: train row i is pool row i,
+    validation row j is pool row n_train + j, so a label file over the pool holds
+    n_train + n_val labels (the test cut is never labelled by a file)."""
     toy = make_toy(n_train + n_val + n_test, num_classes, dim, variance, seed)
     cuts = [0, n_train, n_train + n_val, n_train + n_val + n_test]
-    splits = [Split(x=toy.x[a:b], y=toy.y[a:b], p_star=toy.p_star[a:b])
-              for a, b in zip(cuts[:-1], cuts[1:])]
+    splits = [Split(x=toy.x[a:b], y=toy.y[a:b], p_star=toy.p_star[a:b],
+                    source_index=np.arange(a, b, dtype=np.int64) if i < 2 else None)
+              for i, (a, b) in enumerate(zip(cuts[:-1], cuts[1:]))]
     return Dataset(name="toy", num_classes=num_classes, train=splits[0], val=splits[1],
-                   test=splits[2])
+                   test=splits[2], source_size=n_train + n_val)
