@@ -27,6 +27,7 @@ from filterkd_ray.labels import Target
 from filterkd_ray.losses import distill_loss
 from filterkd_ray.metrics import classification_metrics
 from filterkd_ray.models import create_model
+from filterkd_ray.pathmodes import DenseRecorder
 
 EVAL_BATCH = 2048
 
@@ -119,7 +120,7 @@ class FitResult:
     best_epoch: int
     best_state: dict
     last_state: dict
-    path: np.ndarray | None     # [E, N, K] float16
+    path: object | None         # [E, N, K] float16 ndarray, or pathmodes.BankTables/TopkPath
 
     def summary(self) -> dict[str, float]:
         """Headline numbers: at the best-validation epoch, and `*_last` at the last epoch."""
@@ -172,12 +173,14 @@ def _set_bn_momentum(model, momenta) -> list:
 
 
 def fit(data: DeviceData, cfg, seeds: Seeds, *, target: Target | None = None,
-        loss_scale: float = 1.0, record_path: bool = False, device="cpu",
+        loss_scale: float = 1.0, record_path=False, device="cpu",
         on_epoch: Callable[[int, dict, Callable[[], dict]], None] | None = None,
         resume: dict | None = None) -> FitResult:
     """Train `cfg.model` on `data` and return its history, best/last weights and path.
 
     target: per-sample supervision (None = one-hot CE on the noisy labels).
+    record_path: True = the dense learning path; or a recorder from `pathmodes.make_recorder`
+      (a bank of filtered tables, a top-k path). FitResult.path is what it returns.
     on_epoch(epoch, metrics, make_checkpoint): called after every epoch on every rank;
       make_checkpoint() builds a resumable state dict (call it only when you save one).
     resume: a state dict from make_checkpoint(); training continues after its epoch.
@@ -200,7 +203,8 @@ def fit(data: DeviceData, cfg, seeds: Seeds, *, target: Target | None = None,
                                 weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(cfg, s, total_steps, steps_per_epoch))
-    path = torch.zeros((cfg.epochs, n, k), dtype=torch.float16) if record_path else None
+    recorder = DenseRecorder(cfg.epochs, n, k) if record_path is True else (record_path or None)
+    record_path = recorder is not None
     history, best_epoch, best_score, best_state, start = [], -1, -math.inf, None, 0
     if resume is not None:
         model.load_state_dict(resume["model"])
@@ -209,7 +213,7 @@ def fit(data: DeviceData, cfg, seeds: Seeds, *, target: Target | None = None,
         history, best_epoch, best_state = resume["history"], resume["best_epoch"], resume["best_state"]
         best_score, start = resume["best_score"], resume["epoch"] + 1
         if record_path:
-            path[:start] = torch.as_tensor(resume["path"][:start])
+            recorder.load_state_dict(resume["path"], start)
         if target is not None and resume.get("target") is not None:
             target.load_state_dict(resume["target"])   # a per-sample memory (family.py)
     if target is not None and hasattr(target, "set_total_epochs"):
@@ -270,7 +274,7 @@ def fit(data: DeviceData, cfg, seeds: Seeds, *, target: Target | None = None,
                 probs_buf[seen:] = torch.softmax(model(x_tail).float(), -1)
             _set_bn_momentum(model, old)
         if record_path:
-            _store_path_row(path, epoch, shard, recorded, probs_buf, world)
+            recorder.record(epoch, *_gather_path_row(shard, recorded, probs_buf, world))
         train_loss = (loss_sum / max(seen, 1)).item()
         if not math.isfinite(train_loss):
             raise Diverged(f"loss became {train_loss} in epoch {epoch}")
@@ -280,6 +284,8 @@ def fit(data: DeviceData, cfg, seeds: Seeds, *, target: Target | None = None,
         score = metrics[cfg.select_metric] * (-1 if cfg.select_metric.endswith("nll") else 1)
         if score > best_score:
             best_score, best_epoch, best_state = score, epoch, _state_cpu(model)
+            if record_path:
+                recorder.mark_best(epoch)
         metrics["best_epoch"] = best_epoch
         metrics["epoch_s"] = time.perf_counter() - t0
         history.append(metrics)
@@ -292,16 +298,16 @@ def fit(data: DeviceData, cfg, seeds: Seeds, *, target: Target | None = None,
                         "scheduler": scheduler.state_dict(),
                         "history": list(history), "best_epoch": best_epoch,
                         "best_state": best_state, "best_score": best_score,
-                        "path": path[: epoch + 1].clone() if record_path else None,
+                        "path": recorder.state_dict(epoch) if record_path else None,
                         "target": target.state_dict() if hasattr(target, "state_dict") else None}
             on_epoch(epoch, metrics, make_checkpoint)
     return FitResult(history=history, best_epoch=best_epoch, best_state=best_state,
                      last_state=_state_cpu(model),
-                     path=path.numpy() if record_path else None)
+                     path=recorder.result() if record_path else None)
 
 
-def _store_path_row(path, epoch, shard, recorded, probs_buf, world) -> None:
-    """Scatter this epoch's predictions into path[epoch], keyed by sample index."""
+def _gather_path_row(shard, recorded, probs_buf, world) -> tuple[torch.Tensor, torch.Tensor]:
+    """This epoch's (sample indices, float16 predictions) on the CPU, from every rank."""
     idx, probs = shard[recorded], probs_buf[recorded]
     if world > 1:
         # Every rank holds shard_len positions; gather them all (padding marked -1).
@@ -313,7 +319,7 @@ def _store_path_row(path, epoch, shard, recorded, probs_buf, world) -> None:
         idx, probs = torch.cat(idxs), torch.cat(bufs)
         keep = idx >= 0
         idx, probs = idx[keep], probs[keep]
-    path[epoch, idx.cpu()] = probs.to("cpu", torch.float16)
+    return idx.cpu(), probs.to("cpu", torch.float16)
 
 
 def load_model(cfg_model: str, state: dict, num_classes: int, input_shape, device="cpu"):

@@ -32,6 +32,7 @@ from filterkd_ray.engine import Diverged
 from filterkd_ray.experiment import (base_row, device_for, epoch_rows, noisy,
                                      run_student, run_teacher, teacher_id, teacher_outputs)
 from filterkd_ray.labels import METHODS
+from filterkd_ray.pathmodes import read_only, write_path
 from filterkd_ray.results import EPOCH_COLUMNS, TRIAL_COLUMNS, Store, frame
 from filterkd_ray.spec import Spec
 
@@ -99,14 +100,17 @@ def job_body(config: dict, reporter: Reporter) -> None:
             refs = config.get("teacher_refs")
             teacher = None
             if METHODS[config["method"]].needs_teacher:
-                path = ray.get(refs["path"])
-                teacher = teacher_outputs(spec, data, path, ray.get(refs["best"]),
-                                          ray.get(refs["last"]), refs["best_epoch"], device)
+                teacher = teacher_outputs(spec, data, ray.get(refs["path"]), ray.get(refs["best"]),
+                                          ray.get(refs["last"]), refs["best_epoch"], device,
+                                          model=refs.get("model"))
             result, row = run_student(spec, data, rate, seed, config["method"], config["hparams"],
                                       teacher, device, stage=config["stage"],
-                                      on_epoch=on_epoch, resume=resume)
+                                      on_epoch=on_epoch, resume=resume,
+                                      teacher_run=config.get("teacher_id"),
+                                      generation=config.get("generation", 1),
+                                      record_path=config.get("teaches", False))
             if teacher is not None:
-                row["path_zero_copy"] = not teacher.path.flags.writeable
+                row["path_zero_copy"] = read_only(teacher.path)
     except Diverged as err:
         row = {**error_row(spec, config, str(err)), "wall_s": time.perf_counter() - t0}
         if reporter.rank == 0:
@@ -116,7 +120,7 @@ def job_body(config: dict, reporter: Reporter) -> None:
         return
     row["attempts_resumed_at"] = -1 if resume is None else int(resume["epoch"])
     if reporter.rank == 0:
-        if kind == "teacher":
+        if kind == "teacher" or config.get("teaches"):   # a born-again student teaches next
             write_teacher_artefacts(store, run_id, data, result)
         write_run(store, run_id, row, epoch_rows(run_id, row, result.history))
 
@@ -134,7 +138,7 @@ def state_bytes(state: dict) -> bytes:
 
 
 def write_teacher_artefacts(store: Store, tid: str, data, result) -> None:
-    store.write_array(f"paths/{tid}.npy", result.path)
+    write_path(store, tid, result.path)
     store.write_npz(f"paths/{tid}.labels.npz", y=data.train.y, y_noisy=data.train.labels,
                     p_star=data.train.p_star)
     store.write_bytes(f"teachers/{tid}/best.pt", state_bytes(result.best_state))
@@ -160,7 +164,7 @@ def trial_fn(tune_config: dict, *, context: dict) -> None:
         config["run_id"] = config["run_prefix"] + ray.tune.get_context().get_trial_id()
     if "teacher_refs_by_id" in config:   # each student distils from its own seed's teacher
         config["teacher_refs"] = config.pop("teacher_refs_by_id").get(
-            teacher_id(config["noise_rate"], config["seed"]))
+            config.get("teacher_id") or teacher_id(config["noise_rate"], config["seed"]))
     spec = Spec.model_validate(config["spec"])
     if spec.scaling.num_workers == 1:
         job_body(config, Reporter(in_train=False))
@@ -254,4 +258,5 @@ def _fmt(res: dict) -> str:
 def error_row(spec: Spec, config: dict, err: str) -> dict:
     row = base_row(spec, config["stage"], config.get("method", "teacher"), config["noise_rate"],
                    config["seed"])
-    return {**row, **config.get("hparams", {}), "status": "failed", "error": err[-2000:]}
+    return {**row, **config.get("hparams", {}), "status": "failed", "error": err[-2000:],
+            "generation": config.get("generation", 0 if config["kind"] == "teacher" else 1)}

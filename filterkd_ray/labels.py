@@ -44,6 +44,14 @@ def filter_path(path, ema_rate: float, upto: int | None = None) -> np.ndarray:
     return q
 
 
+def filtered_table(path, ema_rate: float, upto: int | None = None) -> np.ndarray:
+    """Filter-KD's table from a path in any mode: a dense [E, N, K] array, or one of
+    pathmodes' compact forms (a bank of tables, a top-k path), which filter themselves."""
+    if hasattr(path, "filtered"):
+        return path.filtered(ema_rate, upto)
+    return filter_path(path, ema_rate, upto)
+
+
 def check_ema_rate(a: float) -> None:
     if not 0.0 < a <= 1.0:
         raise InputError(f"ema_rate: {a} is outside (0, 1]")
@@ -52,7 +60,8 @@ def check_ema_rate(a: float) -> None:
 @dataclasses.dataclass
 class TeacherOutputs:
     """What a trained teacher hands its students (all optional but the path's shape)."""
-    path: np.ndarray | None = None             # [E, N, K] float16, train-mode predictions
+    path: object = None                        # [E, N, K] float16 train-mode predictions, or
+                                               # a pathmodes.BankTables / TopkPath
     best_epoch: int | None = None              # 0-based best-validation epoch
     last_model: torch.nn.Module | None = None  # KD teacher
     best_model: torch.nn.Module | None = None  # ESKD teacher
@@ -173,7 +182,7 @@ def _eskd(hp, y_noisy, num_classes, teacher, train_x, device) -> Target:
                  needs_teacher=True)
 def _filter_kd(hp, y_noisy, num_classes, teacher, train_x, device) -> Target:
     upto = teacher.best_epoch + 1 if hp["snapshot"] == "best" else None
-    table = filter_path(teacher.path, hp["ema_rate"], upto)
+    table = filtered_table(teacher.path, hp["ema_rate"], upto)
     return table_target(table, hp["temperature"], hp["distill_weight"], device)
 
 

@@ -23,6 +23,8 @@ impossible for ImageNet-1k (1.28M x 90 epochs x 1000 classes x 2 B ~ 230 GB). Tw
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
 
@@ -146,3 +148,198 @@ def dense_nbytes(epochs: int, n: int, num_classes: int) -> int:
 
 def bank_nbytes(grid_size: int, n: int, num_classes: int, snapshot: bool = False) -> int:
     return (2 if snapshot else 1) * grid_size * n * num_classes * np.dtype(np.float32).itemsize
+
+
+# --------------------------------------------------------------------------- recorders
+# engine.fit hands each epoch's complete, index-keyed predictions (float16, on the CPU,
+# gathered over DDP ranks, the drop_last tail included) to one of these. Each keeps what its
+# mode stores, checkpoints it for an exact resume, and returns what students read.
+
+PATH_MODES = ("dense", "bank", "topk")
+
+
+class DenseRecorder:
+    """The whole path, [E, N, K] float16 (the paper's learning path)."""
+
+    def __init__(self, epochs: int, n: int, num_classes: int):
+        self.path = torch.zeros((epochs, n, num_classes), dtype=torch.float16)
+
+    def record(self, epoch: int, idx: torch.Tensor, probs: torch.Tensor) -> None:
+        self.path[epoch, idx] = probs
+
+    def mark_best(self, epoch: int) -> None:
+        pass   # any epoch can be filtered up to later
+
+    def state_dict(self, epoch: int) -> dict:
+        return {"path": self.path[: epoch + 1].clone()}
+
+    def load_state_dict(self, state: dict, start: int) -> None:
+        self.path[:start] = torch.as_tensor(state["path"][:start])
+
+    def result(self) -> np.ndarray:
+        return self.path.numpy()
+
+
+class BankRecorder:
+    """`FilterBank` tables for a grid of EMA rates, plus a copy at the best-validation epoch
+    (for `snapshot: best`): 2 x len(grid) x N x K float32, whatever the number of epochs."""
+
+    def __init__(self, epochs: int, n: int, num_classes: int, grid):
+        self.bank = FilterBank(n, num_classes, grid)
+        self.best, self.best_epoch, self.epochs = None, -1, 0
+
+    def record(self, epoch: int, idx: torch.Tensor, probs: torch.Tensor) -> None:
+        self.bank.update(idx, probs)
+        self.epochs = epoch + 1
+
+    def mark_best(self, epoch: int) -> None:
+        self.best, self.best_epoch = self.bank.snapshot(), epoch
+
+    def state_dict(self, epoch: int) -> dict:
+        return {"tables": self.bank.tables.clone(), "seen": self.bank.seen.clone(),
+                "best": None if self.best is None else self.best.clone(),
+                "best_epoch": self.best_epoch, "epochs": self.epochs}
+
+    def load_state_dict(self, state: dict, start: int) -> None:
+        self.bank.tables.copy_(state["tables"])
+        self.bank.seen.copy_(state["seen"])
+        self.best, self.best_epoch, self.epochs = state["best"], state["best_epoch"], state["epochs"]
+
+    def result(self) -> "BankTables":
+        best = self.bank.tables if self.best is None else self.best
+        return BankTables(grid=np.asarray(self.bank.grid), last=self.bank.tables.numpy(),
+                          best=best.numpy(), best_epoch=self.best_epoch, epochs=self.epochs)
+
+
+class TopkRecorder:
+    """The k largest probabilities (float16) and their classes (int16) per sample and epoch."""
+
+    def __init__(self, epochs: int, n: int, num_classes: int, k: int):
+        if not 1 <= k <= num_classes:
+            raise InputError(f"path.topk: {k} is outside [1, {num_classes}] (the classes)")
+        if num_classes > np.iinfo(INDEX_DTYPE).max:
+            raise InputError(f"path.topk: {num_classes} classes exceed {INDEX_DTYPE.__name__}")
+        self.num_classes = num_classes
+        self.values = torch.zeros((epochs, n, k), dtype=torch.float16)
+        self.classes = torch.zeros((epochs, n, k), dtype=torch.int16)
+
+    def record(self, epoch: int, idx: torch.Tensor, probs: torch.Tensor) -> None:
+        # The same operations as topk_path on the dense float16 path, so both agree exactly.
+        vals, cls = torch.topk(probs.float(), self.values.shape[-1], dim=-1)
+        self.values[epoch, idx] = vals.half()
+        self.classes[epoch, idx] = cls.to(torch.int16)
+
+    def mark_best(self, epoch: int) -> None:
+        pass
+
+    def state_dict(self, epoch: int) -> dict:
+        return {"values": self.values[: epoch + 1].clone(),
+                "classes": self.classes[: epoch + 1].clone()}
+
+    def load_state_dict(self, state: dict, start: int) -> None:
+        self.values[:start] = torch.as_tensor(state["values"][:start])
+        self.classes[:start] = torch.as_tensor(state["classes"][:start])
+
+    def result(self) -> "TopkPath":
+        return TopkPath(values=self.values.numpy(), classes=self.classes.numpy(),
+                        num_classes=self.num_classes)
+
+
+def make_recorder(mode: str, epochs: int, n: int, num_classes: int, bank_rates=(),
+                  topk: int = 5):
+    if mode == "dense":
+        return DenseRecorder(epochs, n, num_classes)
+    if mode == "bank":
+        return BankRecorder(epochs, n, num_classes, bank_rates)
+    if mode == "topk":
+        return TopkRecorder(epochs, n, num_classes, topk)
+    raise InputError(f"path.mode: unknown {mode!r}; choose one of {list(PATH_MODES)}")
+
+
+# --------------------------------------------------------------------------- what students read
+# A dense path is a plain [E, N, K] ndarray; the other modes are these two. All of them answer
+# `labels.filtered_table(path, ema_rate, upto)`, are put in the object store once, and read zero-copy.
+
+@dataclasses.dataclass
+class BankTables:
+    grid: np.ndarray            # [G] EMA rates
+    last: np.ndarray            # [G, N, K] float32: filtered over every epoch
+    best: np.ndarray            # [G, N, K] float32: filtered up to the best-validation epoch
+    best_epoch: int             # 0-based
+    epochs: int                 # epochs recorded
+    mode = "bank"
+
+    def filtered(self, ema_rate: float, upto: int | None = None) -> np.ndarray:
+        hits = np.flatnonzero(np.abs(self.grid - ema_rate) <= 1e-12)
+        if not len(hits):
+            raise InputError(f"ema_rate: {ema_rate} is not in path.bank_rates "
+                             f"{self.grid.tolist()}; a bank only holds those rates")
+        if upto is None or upto == self.epochs:
+            return self.last[hits[0]]
+        if upto == self.best_epoch + 1:
+            return self.best[hits[0]]
+        raise InputError(f"upto: a bank keeps the tables after epoch {self.best_epoch + 1} "
+                         f"(best) and {self.epochs} (last) only; got {upto}")
+
+    def arrays(self) -> dict:
+        return {"grid": self.grid, "last": self.last, "best": self.best,
+                "best_epoch": np.int64(self.best_epoch), "epochs": np.int64(self.epochs)}
+
+
+@dataclasses.dataclass
+class TopkPath:
+    values: np.ndarray          # [E, N, k] float16
+    classes: np.ndarray         # [E, N, k] int16
+    num_classes: int
+    mode = "topk"
+
+    def filtered(self, ema_rate: float, upto: int | None = None) -> np.ndarray:
+        return filter_topk(self.values, self.classes, self.num_classes, ema_rate, upto)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (*self.values.shape[:2], self.num_classes)
+
+    def dense(self) -> np.ndarray:
+        """The rebuilt [E, N, K] float16 path (for the report's learning-path plots)."""
+        return np.stack([dense_row(v, c, self.num_classes).astype(np.float16)
+                         for v, c in zip(self.values, self.classes)])
+
+    def arrays(self) -> dict:
+        return {"values": self.values, "classes": self.classes,
+                "num_classes": np.int64(self.num_classes)}
+
+
+def read_only(path) -> bool:
+    """True when every array of `path` is a read-only view (e.g. zero-copy from Ray's store)."""
+    arrays = path.arrays().values() if hasattr(path, "arrays") else [path]
+    return all(not a.flags.writeable for a in arrays if isinstance(a, np.ndarray) and a.ndim)
+
+
+def path_file(run_id: str, mode: str) -> str:
+    """Where a run's path lives in the sweep folder, by mode."""
+    return f"paths/{run_id}.npy" if mode == "dense" else f"paths/{run_id}.{mode}.npz"
+
+
+def write_path(store, run_id: str, path) -> str:
+    """Atomic write of a path in any mode; returns its file name."""
+    mode = getattr(path, "mode", "dense")
+    name = path_file(run_id, mode)
+    if mode == "dense":
+        store.write_array(name, path)
+    else:
+        store.write_npz(name, **path.arrays())
+    return name
+
+
+def read_path(store, name: str):
+    """The path written by `write_path` (a dense one memory-mapped where the store is local)."""
+    if name.endswith(".npy"):
+        return store.read_array(name)
+    z = store.read_npz(name)
+    if name.endswith(".bank.npz"):
+        return BankTables(grid=z["grid"], last=z["last"], best=z["best"],
+                          best_epoch=int(z["best_epoch"]), epochs=int(z["epochs"]))
+    if name.endswith(".topk.npz"):
+        return TopkPath(values=z["values"], classes=z["classes"], num_classes=int(z["num_classes"]))
+    raise InputError(f"{name}: not a learning-path file (.npy, .bank.npz, .topk.npz)")

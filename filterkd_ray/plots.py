@@ -14,6 +14,7 @@ from scipy import stats
 
 from filterkd_ray import analysis
 from filterkd_ray.labels import DEFAULT_HPARAMS, METHODS, filter_path
+from filterkd_ray.pathmodes import BankTables, TopkPath, read_path
 from filterkd_ray.report import (Skip, METRICS, NUMERIC_HPARAMS, LOG_HPARAMS, STUDENT_STAGES, SIMPLEX, EMA_GRID, MAX_SCATTER, _rate, _method_order)
 from filterkd_ray.results import Store
 
@@ -154,7 +155,12 @@ class TeacherPath:
         for f in (row.path_file, row.labels_file):
             if not isinstance(f, str) or not store.exists(f):
                 raise Skip(f"its file {f} is missing")
-        self.path = store.read_array(row.path_file)
+        stored = read_path(store, row.path_file)
+        if isinstance(stored, BankTables):
+            raise Skip("path.mode 'bank' keeps filtered tables, not the learning path")
+        # A top-k path is rebuilt (k probabilities kept, the rest spread evenly): the plots
+        # then show that approximation.
+        self.path = stored.dense() if isinstance(stored, TopkPath) else stored
         labels = store.read_npz(row.labels_file)
         self.y, self.y_noisy = labels["y"], labels["y_noisy"]
         self.p_star = labels.get("p_star")

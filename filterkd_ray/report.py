@@ -102,9 +102,19 @@ def _method_order(methods) -> list[str]:
 
 # --- tables -------------------------------------------------------------------------------
 
+def generation(trials: pd.DataFrame) -> pd.Series:
+    """Each row's born-again generation: 0 = teacher, 1 = distilled from it (also rows
+    written before generations existed), g = distilled from generation g - 1."""
+    if "generation" not in trials:
+        return pd.Series(np.where(trials.stage == "teacher", 0, 1), index=trials.index)
+    return trials.generation.fillna(1).astype(int)
+
+
 def student_rows(trials: pd.DataFrame, select: str = "val_acc") -> pd.DataFrame:
-    """The rows the tables are computed from (module docstring), with a `source` column."""
-    ok = trials[trials.stage.isin(STUDENT_STAGES) & (trials.status == "ok")]
+    """The rows the tables are computed from (module docstring), with a `source` column.
+    Born-again generations beyond the first have their own table (generation_table)."""
+    ok = trials[trials.stage.isin(STUDENT_STAGES) & (trials.status == "ok")
+                & (generation(trials) <= 1)]
     parts = []
     for _, g in ok.groupby(["noise_rate", "method"], sort=True):
         rep = g[g.stage == "reproduce"]
@@ -196,6 +206,58 @@ def summary_table(trials: pd.DataFrame, metric: str = "test_acc",
     order = {m: i for i, m in enumerate(_method_order(df.method.unique()))}
     return (df.assign(_o=df.method.map(order)).sort_values(["noise_rate", "_o"])
             .drop(columns="_o").reset_index(drop=True))
+
+
+def generation_table(trials: pd.DataFrame, metric: str = "test_acc") -> pd.DataFrame:
+    """Born-again generations: per (noise rate, method, generation) of the reproduce runs,
+    seeds n, mean and std of `metric`, and the paired difference to generation 1 over
+    matched seeds. Only methods that ran more than one generation."""
+    rep = trials[(trials.stage == "reproduce") & (trials.status == "ok")].assign(
+        gen=generation(trials)).dropna(subset=[metric])
+    out = []
+    for (rate, method), g in rep.groupby(["noise_rate", "method"], sort=True):
+        if g.gen.max() < 2:
+            continue
+        per_seed = g.groupby(["gen", "seed"])[metric].mean()
+        first = per_seed.loc[1] if 1 in per_seed.index.get_level_values(0) else pd.Series(dtype=float)
+        for gen in sorted(g.gen.unique()):
+            vals = per_seed.loc[gen]
+            d = (vals - first).dropna().to_numpy(np.float64) if gen > 1 else np.array([])
+            m, lo, hi = _t_interval(d)
+            out.append({"noise_rate": rate, "method": method, "generation": int(gen),
+                        "n": len(vals), "mean": float(vals.mean()),
+                        "std": float(vals.std(ddof=1)) if len(vals) > 1 else math.nan,
+                        "diff_n": len(d), "diff_mean": m, "diff_lo": lo, "diff_hi": hi})
+    df = pd.DataFrame(out, columns=["noise_rate", "method", "generation", "n", "mean", "std",
+                                    "diff_n", "diff_mean", "diff_lo", "diff_hi"])
+    order = {m: i for i, m in enumerate(_method_order(df.method.unique()))}
+    return (df.assign(_o=df.method.map(order)).sort_values(["noise_rate", "_o", "generation"])
+            .drop(columns="_o").reset_index(drop=True))
+
+
+def generations_md(trials: pd.DataFrame) -> list[str]:
+    """The born-again section of summary.md and report.md (empty without generations)."""
+    tables = {m: generation_table(trials, m) for m in ("test_acc", "label_dist_pstar")
+              if m in trials}
+    acc = tables.get("test_acc")
+    if acc is None or acc.empty:
+        return []
+    dist = {(r.noise_rate, r.method, r.generation): r for r in
+            tables.get("label_dist_pstar", acc.iloc[:0]).itertuples()}
+    rows = [[_rate(r.noise_rate), r.method, str(r.generation), str(r.n), mean_std(r.mean, r.std),
+             "—" if r.generation == 1 else
+             f"{diff_ci(r.diff_mean, r.diff_lo, r.diff_hi)} (n={r.diff_n})",
+             mean_std(*(lambda d: (d.mean, d.std) if d else (math.nan, math.nan))(
+                 dist.get((r.noise_rate, r.method, r.generation))))]
+            for r in acc.itertuples()]
+    return ["## Born-again generations", "",
+            "Generation g + 1 distils from the generation-g student of the same method, seed "
+            "and hyperparameters (generation 1 from the teacher). Test accuracy at the "
+            "best-validation epoch, mean ± std over seeds; Δ paired with generation 1 over "
+            "matched seeds [95% t-interval]; the distance to p* is that of the target table "
+            "the generation was trained on.", "",
+            *_md_table(["noise rate", "method", "generation", "seeds", "test acc",
+                        "Δ vs generation 1 [95% CI]", "target dist to p*"], rows), ""]
 
 
 # --- formatting ---------------------------------------------------------------------------
@@ -298,6 +360,8 @@ def write_summary(store) -> str:
         lines += _md_table(header, rows)
         if BASELINE not in set(acc.method):
             lines += ["", f"No `{BASELINE}` runs: no paired differences."]
+    if len(acc if acc is not None else []):
+        lines += ["", *generations_md(trials)]
     failed = trials[trials.stage.isin(STUDENT_STAGES + ("teacher",)) & (trials.status != "ok")]
     if len(failed):
         lines += ["", f"{len(failed)} run(s) not ok: " + ", ".join(
@@ -411,6 +475,8 @@ def write_report(store, allow_running: bool = False) -> str:
                         [[_rate(r.noise_rate), r.method, _num(getattr(r, f"best_{select}")),
                           hparams_text(r._asdict())] for r in tables["test_acc"].itertuples()])
         md.append("")
+
+    md += generations_md(trials)
 
     # Teachers.
     tt = teachers[teachers.status == "ok"] if "status" in teachers else teachers

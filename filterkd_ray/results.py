@@ -8,7 +8,10 @@ s3://bucket/prefix) holds:
   trials.parquet     one row per teacher or student run (TRIAL_COLUMNS + `config` JSON)
   epochs.parquet     per-epoch metrics of every run (EPOCH_COLUMNS)
   teachers.parquet   one row per teacher (TEACHER_COLUMNS)
-  paths/<teacher_id>.npy         the learning path, float16 [epochs, N, K]
+  paths/<teacher_id>.npy         the learning path, float16 [epochs, N, K] (path.mode dense;
+                                 .bank.npz / .topk.npz in the other modes, pathmodes.py)
+                                 (born-again students that teach the next generation write
+                                 the same files, and teachers/<run_id>/, under their run id)
   paths/<teacher_id>.labels.npz  y (clean), y_noisy, p_star (if known) of the train split
   summary.md, report.md, plots/*.png
 
@@ -34,7 +37,7 @@ from filterkd_ray import InputError, __version__
 SCHEMA_VERSION = 1
 
 TRIAL_COLUMNS = [
-    "trial_id", "stage", "method", "dataset", "noise_kind", "noise_rate", "seed",
+    "trial_id", "stage", "method", "generation", "dataset", "noise_kind", "noise_rate", "seed",
     "noise_seed", "init_seed", "order_seed", "augment_seed", "teacher_id",
     "ema_rate", "temperature", "distill_weight", "ls_epsilon", "snapshot",
     "best_epoch", "epochs_run", "val_acc", "val_acc_last", "val_nll", "val_ece",

@@ -232,6 +232,31 @@ class ScalingSpec(Strict):
         return self
 
 
+class PathSpec(Strict):
+    """How a teacher keeps its learning path for Filter-KD (pathmodes.py; which mode fits
+    which dataset size, with the memory arithmetic: README "Path modes")."""
+    mode: Literal["dense", "bank", "topk"] = "dense"
+    # bank: filtered tables kept online for these EMA rates only; the search picks among them.
+    bank_rates: list[float] = Field(default=[0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0], min_length=1)
+    topk: int = Field(5, ge=1)             # topk: probabilities kept per sample and epoch
+
+    @field_validator("bank_rates")
+    @classmethod
+    def _rates(cls, v):
+        for a in v:
+            if not 0.0 < a <= 1.0:
+                raise ValueError(f"EMA rate {a} is outside (0, 1]")
+        if len(set(v)) != len(v):
+            raise ValueError("bank_rates repeat a value")
+        return sorted(v)
+
+
+def reads_teacher_path(method: str) -> bool:
+    """Filter-KD filters the teacher's path (family methods' ema_rate is their own memory's)."""
+    m = METHODS[method]
+    return m.needs_teacher and "ema_rate" in m.params
+
+
 class Spec(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     data: DataSpec
@@ -243,6 +268,10 @@ class Spec(Strict):
     scaling: ScalingSpec = ScalingSpec()
     loss_scale: float = Field(1.0, gt=0)     # 2.0 = the official code's extra factor
     reproduce: bool = True                   # re-run each best config on every seed
+    path: PathSpec = PathSpec()
+    # Born-again distillation: generation g + 1 of a teacher-based method distils from its own
+    # generation-g student (same hyperparameters, same seed); 1 = the teacher's students only.
+    generations: int = Field(1, ge=1)
 
     @field_validator("methods")
     @classmethod
@@ -267,7 +296,31 @@ class Spec(Strict):
                 raise ValueError(f"search.space.{m}: method {m!r} is not in methods {self.methods}")
         if self.search.scheduler == "asha" and self.search.grace_period > self.student.epochs:
             raise ValueError("search.grace_period exceeds student.epochs")
+        if self.generations > 1 and not self.reproduce:
+            raise ValueError("generations > 1 needs reproduce: true (generation 2 distils from "
+                             "the reproduced generation-1 students)")
+        if self.generations > 1 and not any(METHODS[m].needs_teacher for m in self.methods):
+            raise ValueError(f"generations > 1: none of methods {self.methods} distils from a "
+                             "teacher (add kd, eskd or filter_kd)")
+        if self.path.mode == "bank":
+            for m in self.methods:
+                dim = self.search.space.get(m, {}).get("ema_rate")
+                if dim is None or not reads_teacher_path(m):
+                    continue
+                values = dim if isinstance(dim, list) else [dim]
+                if isinstance(dim, FloatRange) or not set(values) <= set(self.path.bank_rates):
+                    raise ValueError(f"search.space.{m}.ema_rate: path.mode 'bank' keeps tables "
+                                     f"for path.bank_rates {self.path.bank_rates} only; give "
+                                     "ema_rate as a list of those rates (or add rates to the bank)")
         return self
+
+    def space_for(self, method: str) -> dict:
+        """The search space of `method`; with a bank, Filter-KD picks EMA rates from its grid."""
+        space = self.search.space_for(method)
+        if self.path.mode == "bank" and reads_teacher_path(method) \
+                and "ema_rate" not in self.search.space.get(method, {}):
+            space["ema_rate"] = list(self.path.bank_rates)
+        return space
 
     @property
     def search_seeds(self) -> list[int]:

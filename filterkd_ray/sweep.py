@@ -1,5 +1,6 @@
 """The sweep driver: teachers, then Optuna searches over student hyperparameters, then the
-best configuration of every (noise rate, method) reproduced on every seed.
+best configuration of every (noise rate, method) reproduced on every seed, then (with
+`generations: G`) G - 1 born-again generations of the teacher-based methods.
 
 The driver is long-lived: it `ray.put`s the dataset once and each teacher's path and weights
 once, and owns those refs for the whole sweep. Every finished run writes its own row file
@@ -28,6 +29,7 @@ from filterkd_ray.experiment import load_clean, teacher_id
 from filterkd_ray.jobs import (check_resources, error_row, load_state, trial_fn, trial_resources,
                                write_run)
 from filterkd_ray.labels import METHODS
+from filterkd_ray.pathmodes import path_file, read_path
 from filterkd_ray.results import (EPOCH_COLUMNS, SCHEMA_VERSION, TEACHER_COLUMNS, TRIAL_COLUMNS,
                                   Store, frame, provenance)
 from filterkd_ray.spec import FloatRange, Spec
@@ -121,30 +123,44 @@ class Sweep:
         if needs_teacher:
             self.grid("teachers", [{"run_id": teacher_id(r, s), "kind": "teacher", "stage": "teacher",
                                     "noise_rate": r, "seed": s} for r in rates for s in seeds], base)
-            teacher_refs = self.put_teachers(rates, seeds)
+            teacher_refs = self.put_teachers([teacher_id(r, s) for r in rates for s in seeds],
+                                             spec.teacher.model)
         self.search_stage(base, teacher_refs)
         if spec.reproduce:
-            jobs = [{"run_id": f"repro-r{r:g}-{m}-s{s}", "kind": "student", "stage": "reproduce",
-                     "noise_rate": r, "seed": s, "method": m, "hparams": hp}
-                    for (r, m), hp in self.best_configs().items() for s in seeds]
-            self.grid("reproduce", jobs, {**base, "teacher_refs_by_id": teacher_refs})
+            best = self.best_configs()
+            for g in range(1, spec.generations + 1):
+                jobs = [self.generation_job(r, m, s, hp, g) for (r, m), hp in best.items()
+                        for s in seeds if g == 1 or METHODS[m].needs_teacher]
+                if g > 1:   # each distils from its own method's previous generation
+                    teacher_refs = self.put_teachers(sorted({j["teacher_id"] for j in jobs}),
+                                                     spec.student.model)
+                self.grid("reproduce" if g == 1 else f"generation-{g}", jobs,
+                          {**base, "teacher_refs_by_id": teacher_refs})
         self.collect()
         return self.store
 
-    def put_teachers(self, rates, seeds) -> dict:
+    def generation_job(self, rate, method, seed, hparams, g: int) -> dict:
+        """A reproduce run of generation g: g = 1 distils from the teacher; g > 1 from the
+        same (rate, method, seed)'s generation g - 1 student (born-again networks)."""
+        run = lambda g: f"repro-r{rate:g}-{method}-s{seed}" + (f"-g{g}" if g > 1 else "")  # noqa: E731
+        return {"run_id": run(g), "kind": "student", "stage": "reproduce", "noise_rate": rate,
+                "seed": seed, "method": method, "hparams": hparams, "generation": g,
+                "teacher_id": teacher_id(rate, seed) if g == 1 else run(g - 1),
+                "teaches": g < self.spec.generations and METHODS[method].needs_teacher}
+
+    def put_teachers(self, run_ids, model: str) -> dict:
         """Each teacher's path and weights into the object store, once, owned by this driver."""
-        done, refs = self.finished_runs(), {}
-        for r in rates:
-            for s in seeds:
-                tid = teacher_id(r, s)
-                if done.get(tid, {}).get("status") != "ok":
-                    raise RuntimeError(f"teacher {tid} failed: {done.get(tid, {}).get('error')}")
-                # np.asarray: a np.memmap is pickled by value, so every reader would get its
-                # own writable copy; a plain ndarray is read zero-copy from the store.
-                refs[tid] = {"path": ray.put(np.asarray(self.store.read_array(f"paths/{tid}.npy"))),
-                             "best": ray.put(load_state(self.store, f"teachers/{tid}/best.pt")),
-                             "last": ray.put(load_state(self.store, f"teachers/{tid}/last.pt")),
-                             "best_epoch": int(done[tid]["best_epoch"])}
+        done, refs, mode = self.finished_runs(), {}, self.spec.path.mode
+        for tid in run_ids:
+            if done.get(tid, {}).get("status") != "ok":
+                raise RuntimeError(f"teacher {tid} failed: {done.get(tid, {}).get('error')}")
+            path = read_path(self.store, path_file(tid, mode))
+            # np.asarray: a np.memmap is pickled by value, so every reader would get its own
+            # writable copy; a plain ndarray (alone or in a dataclass) is read zero-copy.
+            refs[tid] = {"path": ray.put(np.asarray(path) if mode == "dense" else path),
+                         "best": ray.put(load_state(self.store, f"teachers/{tid}/best.pt")),
+                         "last": ray.put(load_state(self.store, f"teachers/{tid}/last.pt")),
+                         "best_epoch": int(done[tid]["best_epoch"]), "model": model}
         return refs
 
     def search_stage(self, base: dict, teacher_refs: dict) -> None:
@@ -157,7 +173,7 @@ class Sweep:
         for rate in spec.data.noise.rates:
             for method in spec.methods:
                 name = f"search-r{rate:g}-{method}"
-                space, constants = tune_space(spec.search.space_for(method))
+                space, constants = tune_space(spec.space_for(method))
                 n = spec.search.num_samples if space else 1   # nothing to search: one run
                 finished = sum(k.startswith(name + "-") for k in done)
                 searcher = None
@@ -220,7 +236,8 @@ class Sweep:
             "teacher_id": t.trial_id, "dataset": t.dataset, "noise_kind": t.noise_kind,
             "noise_rate": t.noise_rate, "seed": t.seed, "best_epoch": t.best_epoch,
             "epochs_run": t.epochs_run, "val_acc": t.val_acc, "test_acc": t.test_acc,
-            "test_acc_last": t.test_acc_last, "path_file": "paths/" + t.trial_id + ".npy",
+            "test_acc_last": t.test_acc_last,
+            "path_file": [path_file(i, self.spec.path.mode) for i in t.trial_id],
             "labels_file": "paths/" + t.trial_id + ".labels.npz", "node_id": t.node_id,
             "wall_s": t.wall_s, "status": t.status})
         self.store.write_table("trials", trials.sort_values(["stage", "trial_id"]))
