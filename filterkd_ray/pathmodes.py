@@ -336,10 +336,10 @@ def read_path(store, name: str):
     """The path written by `write_path` (a dense one memory-mapped where the store is local)."""
     if name.endswith(".npy"):
         return store.read_array(name)
+    if not name.endswith((".bank.npz", ".topk.npz")):
+        raise InputError(f"{name}: not a learning-path file (.npy, .bank.npz, .topk.npz)")
     z = store.read_npz(name)
     if name.endswith(".bank.npz"):
         return BankTables(grid=z["grid"], last=z["last"], best=z["best"],
                           best_epoch=int(z["best_epoch"]), epochs=int(z["epochs"]))
-    if name.endswith(".topk.npz"):
-        return TopkPath(values=z["values"], classes=z["classes"], num_classes=int(z["num_classes"]))
-    raise InputError(f"{name}: not a learning-path file (.npy, .bank.npz, .topk.npz)")
+    return TopkPath(values=z["values"], classes=z["classes"], num_classes=int(z["num_classes"]))
