@@ -74,8 +74,10 @@ def cmd_validate(args) -> int:
         init_ray(args.address, spec)
         check_resources(spec)
     n_rates, n_seeds = len(spec.data.noise.rates), len(spec.seeds)
+    extra = "" if spec.path.mode == "dense" else f", path mode {spec.path.mode}"
+    extra += f", {spec.generations} generations" if spec.generations > 1 else ""
     print(f"ok: {spec.name}: {n_rates} noise rates x {n_seeds} seeds, methods {spec.methods}, "
-          f"{spec.search.num_samples} search trials per (rate, method)")
+          f"{spec.search.num_samples} search trials per (rate, method){extra}")
     return 0
 
 

@@ -38,7 +38,7 @@ def noisy(spec, clean: Dataset, noise_rate: float, seed: int) -> Dataset:
     """Same spec + seed + rate = same noisy labels, bit for bit (noise has its own seed)."""
     noise = spec.data.noise
     return apply_noise(clean, noise_rate, noise.kind, Seeds.from_base(seed).noise, noise.matrix,
-                       path=noise.path, key=noise.key, options=spec.data.options)
+                       path=noise.path, key=noise.key)
 
 
 def teacher_id(noise_rate: float, seed: int) -> str:

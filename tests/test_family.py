@@ -376,19 +376,19 @@ def test_cifar_file_maps_source_images_to_train_and_val(tmp_path):
     np.save(f, human)
     opts = {"root": str(tmp_path / "c10"), "val_fraction": 0.2, "split_seed": 5}
     ds = load_dataset("cifar10", **opts)
-    out = apply_noise(ds, 0.0, "file", 0, path=str(f), options=opts)
+    out = apply_noise(ds, 0.0, "file", 0, path=str(f))
     for split in (out.train, out.val):
         assert np.array_equal(split.labels, human[read_stamp(split.x)])
     # With subset_per_class the loader's recorded source_index finds the chosen images:
     # no clean labels are needed in the file.
     opts = {**opts, "subset_per_class": 8}
     ds = load_dataset("cifar10", **opts)
-    out = apply_noise(ds, 0.0, "file", 0, path=str(f), options=opts)
+    out = apply_noise(ds, 0.0, "file", 0, path=str(f))
     for split in (out.train, out.val):
         assert np.array_equal(split.labels, human[read_stamp(split.x)])
     pt = tmp_path / "CIFAR-10_human.pt"
     torch.save({"clean_label": y, "worse_label": human, "aggre_label": y}, pt)
-    out = apply_noise(ds, 0.0, "file", 0, path=str(pt), key="worse_label", options=opts)
+    out = apply_noise(ds, 0.0, "file", 0, path=str(pt), key="worse_label")
     assert len(out.train) + len(out.val) == 80
     for split in (out.train, out.val):
         assert np.array_equal(split.labels, human[read_stamp(split.x)])

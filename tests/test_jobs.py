@@ -167,7 +167,7 @@ def one_worker(ray_local, tmp_path_factory):
     result, row = run_teacher(spec, data, RATE, SEED, "cpu")
     write_teacher_artefacts(sweep.store, TEACHER, data, result)
     write_run(sweep.store, TEACHER, row, epoch_rows(TEACHER, row, result.history))
-    refs = sweep.put_teachers([RATE], [SEED])     # the path and weights, once, driver-owned
+    refs = sweep.put_teachers([TEACHER], spec.teacher.model)   # path and weights, once, driver-owned
     students = [{"run_id": r, "kind": "student", "stage": "search", "noise_rate": RATE,
                  "seed": SEED, "method": "filter_kd", "hparams": FILTER_KD} for r in STUDENTS]
     before = object_store_bytes()

@@ -83,13 +83,11 @@ def _check_matrix(matrix, num_classes: int) -> np.ndarray:
     return m
 
 
-def apply_noise(dataset, rate: float, kind: str, seed: int, matrix=None, path=None, key=None,
-                options=None):
+def apply_noise(dataset, rate: float, kind: str, seed: int, matrix=None, path=None, key=None):
     """Noisy labels on train and validation (selection sees what training sees); never test.
 
     kind 'file' reads them from `path` (`key`: the entry in a .pt/.npz), mapped onto the rows
-    by the loader's recorded `Split.source_index`. `options` (the loader's options) is no
-    longer needed for that and is ignored; it stays so existing callers keep working."""
+    by the loader's recorded `Split.source_index`."""
     import dataclasses
     if kind == "file":
         from filterkd_ray.data.noise_file import apply_file_noise
