@@ -268,10 +268,13 @@ def fit(data: DeviceData, cfg, seeds: Seeds, *, target: Target | None = None,
             # with BN running stats frozen and its own augmentation stream, so every sample
             # gets a path entry and training itself is untouched.
             old = _set_bn_momentum(model, 0.0)
+            # A train-mode BatchNorm cannot normalise one sample (BatchNorm1d raises): a
+            # one-sample tail is forwarded with the sample before it, whose output is dropped.
+            lo = seen - 1 if shard_len - seen == 1 and old and seen > 0 else seen
             with torch.no_grad(), torch.autocast(device.type, torch.bfloat16, enabled=amp):
-                x_tail = data.prepare(data.train_x[shard[seen:]],
+                x_tail = data.prepare(data.train_x[shard[lo:]],
                                       _generator(seeds.augment, epoch, 1, device))
-                probs_buf[seen:] = torch.softmax(model(x_tail).float(), -1)
+                probs_buf[seen:] = torch.softmax(model(x_tail).float(), -1)[seen - lo:]
             _set_bn_momentum(model, old)
         if record_path:
             recorder.record(epoch, *_gather_path_row(shard, recorded, probs_buf, world))

@@ -181,3 +181,36 @@ def test_resume_replays_the_same_run():
 def test_unknown_model_names_the_argument():
     with pytest.raises(InputError, match="model.*'resnet9000'"):
         create_model("resnet9000", 10, (3, 32, 32))
+
+
+class BN1dMLP(nn.Module):
+    """BatchNorm1d raises on a one-sample batch in train mode: the drop_last tail's hazard."""
+
+    def __init__(self, num_classes, input_shape):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(input_shape[0], 16), nn.BatchNorm1d(16), nn.ReLU(),
+                                 nn.Linear(16, num_classes))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def test_one_sample_tail_through_batchnorm1d():
+    """301 samples, batch 50, drop_last: the 1-sample tail is recorded without error, training
+    is untouched, and the tail's row is its own prediction (not its neighbour's)."""
+    name = "test_bn1d_mlp"
+    register_model(name)(BN1dMLP)
+    try:
+        ds, seeds = toy(n_train=301)
+        cfg = TrainSpec(model=name, epochs=2, batch_size=50, drop_last=True)
+        with_path = fit(to_device(ds, "cpu"), cfg, seeds, record_path=True)
+        without = fit(to_device(ds, "cpu"), cfg, seeds)
+        assert_valid_path(with_path.path, 2, 301, 3)
+        assert_same_state(with_path.last_state, without.last_state)
+        # The tail sample's row differs from the row of the sample forwarded beside it.
+        from filterkd_ray.engine import _generator
+        order = torch.randperm(301, generator=_generator(seeds.order, 1, 0, "cpu"))
+        tail, neighbour = int(order[-1]), int(order[-2])
+        assert not np.array_equal(with_path.path[1, tail], with_path.path[1, neighbour])
+    finally:
+        MODELS.pop(name, None)
