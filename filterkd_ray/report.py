@@ -237,18 +237,21 @@ def generation_table(trials: pd.DataFrame, metric: str = "test_acc") -> pd.DataF
 
 def generations_md(trials: pd.DataFrame) -> list[str]:
     """The born-again section of summary.md and report.md (empty without generations)."""
-    tables = {m: generation_table(trials, m) for m in ("test_acc", "label_dist_pstar")
-              if m in trials}
+    tables = {m: generation_table(trials, m) for m in ("test_acc", "test_acc_last",
+                                                        "label_dist_pstar") if m in trials}
     acc = tables.get("test_acc")
     if acc is None or acc.empty:
         return []
-    dist = {(r.noise_rate, r.method, r.generation): r for r in
-            tables.get("label_dist_pstar", acc.iloc[:0]).itertuples()}
+    cells = {m: {(r.noise_rate, r.method, r.generation): r for r in t.itertuples()}
+             for m, t in tables.items()}
+
+    def cell(metric, r) -> str:
+        c = cells.get(metric, {}).get((r.noise_rate, r.method, r.generation))
+        return "—" if c is None else mean_std(c.mean, c.std)
     rows = [[_rate(r.noise_rate), r.method, str(r.generation), str(r.n), mean_std(r.mean, r.std),
              "—" if r.generation == 1 else
              f"{diff_ci(r.diff_mean, r.diff_lo, r.diff_hi)} (n={r.diff_n})",
-             mean_std(*(lambda d: (d.mean, d.std) if d else (math.nan, math.nan))(
-                 dist.get((r.noise_rate, r.method, r.generation))))]
+             cell("test_acc_last", r), cell("label_dist_pstar", r)]
             for r in acc.itertuples()]
     return ["## Born-again generations", "",
             "Generation g + 1 distils from the generation-g student of the same method, seed "
@@ -257,7 +260,8 @@ def generations_md(trials: pd.DataFrame) -> list[str]:
             "matched seeds [95% t-interval]; the distance to p* is that of the target table "
             "the generation was trained on.", "",
             *_md_table(["noise rate", "method", "generation", "seeds", "test acc",
-                        "Δ vs generation 1 [95% CI]", "target dist to p*"], rows), ""]
+                        "Δ vs generation 1 [95% CI]", "test acc (last)", "target dist to p*"],
+                       rows), ""]
 
 
 # --- formatting ---------------------------------------------------------------------------

@@ -80,7 +80,7 @@ def test_report_has_the_generation_table(born_again):
     report = (out / "report.md").read_text()
     assert "## Born-again generations" in report
     rows = [line for line in report.splitlines() if line.startswith("| 0.3 | filter_kd | ")
-            and line.count("|") == 8]
+            and line.count("|") == 9]
     assert [r.split("|")[3].strip() for r in rows] == ["1", "2", "3"]
     assert "(n=2)" in rows[1] and "(n=2)" in rows[2]
     assert "path.mode 'bank' keeps filtered tables" in report   # path plots skipped, said why
