@@ -132,6 +132,7 @@ class Sweep:
                 jobs = [self.generation_job(r, m, s, hp, g) for (r, m), hp in best.items()
                         for s in seeds if g == 1 or METHODS[m].needs_teacher]
                 if g > 1:   # each distils from its own method's previous generation
+                    jobs = self.taught_by_ok_runs(jobs, f"generation-{g}")
                     teacher_refs = self.put_teachers(sorted({j["teacher_id"] for j in jobs}),
                                                      spec.student.model)
                 self.grid("reproduce" if g == 1 else f"generation-{g}", jobs,
@@ -147,6 +148,17 @@ class Sweep:
                 "seed": seed, "method": method, "hparams": hparams, "generation": g,
                 "teacher_id": teacher_id(rate, seed) if g == 1 else run(g - 1),
                 "teaches": g < self.spec.generations and METHODS[method].needs_teacher}
+
+    def taught_by_ok_runs(self, jobs: list[dict], stage: str) -> list[dict]:
+        """A failed (diverged, errored) student cannot teach: its line of generations ends
+        there, said on the terminal, while the other lines go on."""
+        done = self.finished_runs()
+        ok = [j for j in jobs if done.get(j["teacher_id"], {}).get("status") == "ok"]
+        for j in jobs:
+            if j not in ok:
+                self.log(f"[{stage}] skipping {j['run_id']}: its teacher {j['teacher_id']} "
+                         "did not finish ok")
+        return ok
 
     def put_teachers(self, run_ids, model: str) -> dict:
         """Each teacher's path and weights into the object store, once, owned by this driver."""

@@ -85,3 +85,24 @@ def test_report_has_the_generation_table(born_again):
     assert "(n=2)" in rows[1] and "(n=2)" in rows[2]
     assert "path.mode 'bank' keeps filtered tables" in report   # path plots skipped, said why
     assert "## Born-again generations" in (out / "summary.md").read_text()
+
+
+def test_a_failed_student_teaches_no_next_generation(tmp_path):
+    """One line of generations ends at a failed student; the others go on (no Ray needed)."""
+    from filterkd_ray.jobs import write_run
+    from filterkd_ray.spec import load_spec
+    from filterkd_ray.sweep import Sweep
+    logs = []
+    sweep = Sweep(load_spec(SMOKE, ["generations=3"]), str(tmp_path / "s"), log=logs.append)
+    sweep.store.makedirs()
+    for seed, status in ((0, "ok"), (1, "failed")):
+        write_run(sweep.store, f"repro-r0.3-kd-s{seed}", {"stage": "reproduce", "status": status}, [])
+    hp = {"temperature": 2.0, "distill_weight": 0.5}
+    jobs = [sweep.generation_job(0.3, "kd", s, hp, 2) for s in (0, 1)]
+    assert [j["teacher_id"] for j in jobs] == ["repro-r0.3-kd-s0", "repro-r0.3-kd-s1"]
+    assert all(j["teaches"] for j in jobs)                         # generation 2 of 3 teaches
+    assert not sweep.generation_job(0.3, "kd", 0, hp, 3)["teaches"]   # the last does not
+    kept = sweep.taught_by_ok_runs(jobs, "generation-2")
+    assert [j["run_id"] for j in kept] == ["repro-r0.3-kd-s0-g2"]
+    assert logs == ["[generation-2] skipping repro-r0.3-kd-s1-g2: its teacher repro-r0.3-kd-s1 "
+                    "did not finish ok"]
