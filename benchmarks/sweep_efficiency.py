@@ -1,9 +1,10 @@
 """Ray Tune's cost: the same 8 toy student trainings (a) one after another in one bare Python
 process with engine.fit, and (b) as one `Sweep.grid` stage of filterkd-ray on the embedded
-local Ray with 2 concurrent trials. Prints wall(b) / wall(a): 0.5 is perfect parallelism
-on 2 cores, 1.0 is no gain. Goal: <= 0.6.
+local Ray with 2 concurrent trials, reporting to Tune every epoch, and (c) the same with
+`scaling.report_every: K` (a report every K epochs: fewer results for the driver). Prints
+wall / wall(a): 0.5 is perfect parallelism on 2 cores, 1.0 is no gain. Goal: <= 0.6.
 
-    .venv/bin/python benchmarks/sweep_efficiency.py [--epochs 40] [--out benchmarks/results/sweep_efficiency.txt]
+    .venv/bin/python benchmarks/sweep_efficiency.py [--epochs 40] [--report-every 10] [--out benchmarks/results/sweep_efficiency.txt]
 """
 import argparse
 import os
@@ -19,9 +20,10 @@ from filterkd_ray.spec import load_spec
 SEEDS = list(range(8))
 
 
-def spec_for(epochs: int):
+def spec_for(epochs: int, report_every: int = 1):
     return load_spec("sweeps/toy.yaml", [f"student.epochs={epochs}", "seeds=[0,1,2,3,4,5,6,7]",
-                                         "methods=[oht]", "search.space={}", "search.max_concurrent=2"])
+                                         "methods=[oht]", "search.space={}", "search.max_concurrent=2",
+                                         f"scaling.report_every={report_every}"])
 
 
 def sequential(spec) -> tuple[float, list[float]]:
@@ -54,12 +56,15 @@ def through_ray(spec, out: str) -> float:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--epochs", type=int, default=40)
+    ap.add_argument("--report-every", type=int, default=10)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     spec = spec_for(args.epochs)
     seq, each = sequential(spec)
     with tempfile.TemporaryDirectory() as d:
         par = through_ray(spec, os.path.join(d, "sweep"))
+    with tempfile.TemporaryDirectory() as d:
+        sparse = through_ray(spec_for(args.epochs, args.report_every), os.path.join(d, "sweep"))
     ideal = seq / 2
     lines = [
         header("sweep_efficiency.py"),
@@ -68,6 +73,9 @@ def main():
         f"(b) filterkd-ray Tune stage, 2 at once: {par:7.1f} s",
         f"wall(b) / wall(a)                   : {par / seq:7.3f}   (0.5 = perfect on 2 cores; goal <= 0.6)",
         f"Ray overhead per trial               : {(par - ideal) / (len(SEEDS) / 2):7.2f} s  ((b) - (a)/2, per trial slot)",
+        f"(c) as (b), report_every={args.report_every:<3d}         : {sparse:7.1f} s",
+        f"wall(c) / wall(a)                   : {sparse / seq:7.3f}",
+        f"Ray overhead per trial, (c)          : {(sparse - ideal) / (len(SEEDS) / 2):7.2f} s",
     ]
     text = "\n".join(lines)
     print(text)

@@ -87,9 +87,11 @@ def job_body(config: dict, reporter: Reporter) -> None:
     every = spec.scaling.checkpoint_every
 
     def on_epoch(epoch, metrics, make_checkpoint):
+        # Every rank takes the same decisions: Train needs the same number of reports from each.
         due = (epoch + 1) % every == 0 or epoch + 1 == epochs
-        reporter.report({**metrics, "objective": objective_value(metrics, metric)},
-                        make_checkpoint() if due else None)
+        if due or (epoch + 1) % spec.scaling.report_every == 0:
+            reporter.report({**metrics, "objective": objective_value(metrics, metric)},
+                            make_checkpoint() if due else None)
 
     t0 = time.perf_counter()
     resume = reporter.resume_state()

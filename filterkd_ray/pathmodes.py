@@ -1,25 +1,28 @@
-"""Ways to keep what Filter-KD needs from a learning path without storing the dense path.
+"""Ways to keep what Filter-KD needs from a learning path without storing the dense path
+(`path.mode` in the spec; README "Path modes" says which fits which dataset size).
 
-The dense path is [epochs, N, K] float16: fine for CIFAR (50k x 200 x 10 x 2 B = 200 MB),
+The dense path is [epochs, N, K] float16: fine for CIFAR (45k x 200 x 10 x 2 B = 180 MB),
 impossible for ImageNet-1k (1.28M x 90 epochs x 1000 classes x 2 B ~ 230 GB). Two modes:
 
-(a) `FilterBank`: the filtered tables themselves, for a fixed grid of EMA rates, updated
-    online while the teacher trains: len(grid) x N x K float32 (ImageNet, 8 rates: 41 GB;
-    a "best"-epoch snapshot doubles it), independent of the number of epochs. Fed the same
-    predictions in the same epochs, each table equals `labels.filter_path(path, a)`; by
-    default incoming rows are rounded to float16 first, exactly as the dense path stores
-    them, so the equality is exact, not approximate. `bank_target` plugs it into
-    `engine.fit` through the Target `observe` hook (plain CE training, no engine change).
-    The price: the search can only pick EMA rates from the grid.
+(a) Bank (`FilterBank`, `BankRecorder`, `BankTables`): the filtered tables themselves, for a
+    fixed grid of EMA rates, updated online while the teacher trains: len(grid) x N x K
+    float32 (ImageNet, 8 rates: 41 GB; the "best"-epoch copy doubles it), independent of
+    the number of epochs. Fed the same predictions in the same epochs, each table equals
+    `labels.filter_path(path, a)`; incoming rows are rounded to float16 first, exactly as
+    the dense path stores them, so the equality is exact, not approximate. The price: the
+    search can only pick EMA rates from the grid.
 
-(b) Top-k sparse path: per sample and epoch, the k largest probabilities (float16) and their
-    classes (int16), the remaining mass spread uniformly over the other K - k classes when
-    the row is rebuilt: epochs x N x k x 4 B (ImageNet, k = 5: 2.3 GB). Any EMA rate can
-    still be filtered afterwards (`filter_topk`), with an error that shrinks as k grows and
-    vanishes at k = K (per row, the L1 reconstruction error is non-increasing in k: moving
-    the largest tail entry out of the tail lowers the tail's mean absolute deviation).
+(b) Top-k sparse path (`topk_path`, `TopkRecorder`, `TopkPath`): per sample and epoch, the k
+    largest probabilities (float16) and their classes (int16), the remaining mass spread
+    uniformly over the other K - k classes when the row is rebuilt: epochs x N x k x 4 B
+    (ImageNet, k = 5: 2.3 GB). Any EMA rate can still be filtered afterwards
+    (`filter_topk`), with an error that shrinks as k grows and vanishes at k = K (per row,
+    the L1 reconstruction error is non-increasing in k: moving the largest tail entry out
+    of the tail lowers the tail's mean absolute deviation).
 
-`benchmarks/path_modes.py` measures memory and error of both against the dense filter.
+`engine.fit(record_path=make_recorder(mode, ...))` records any of the three; students read
+the result through `labels.filtered_table`. `benchmarks/path_modes.py` measures memory,
+recording time and error of each against the dense filter.
 """
 from __future__ import annotations
 
@@ -29,7 +32,7 @@ import numpy as np
 import torch
 
 from filterkd_ray import InputError
-from filterkd_ray.labels import Target, check_ema_rate
+from filterkd_ray.labels import check_ema_rate
 
 INDEX_DTYPE = np.int16      # class ids up to 32,767 (ImageNet-21k would need int32)
 
@@ -80,19 +83,6 @@ class FilterBank:
     @property
     def nbytes(self) -> int:
         return self.tables.element_size() * self.tables.nelement()
-
-
-def bank_target(bank: FilterBank, num_classes: int) -> Target:
-    """A teacher `Target` for engine.fit: plain CE on the noisy labels, and every training
-    batch's train-mode softmax (before the step, as the dense path records it) into `bank`.
-    Note: with drop_last the tail samples skipped by an epoch are not observed (the dense
-    path forwards them separately), so their tables miss that epoch."""
-
-    def observe(idx, logits, epoch):
-        bank.update(idx, torch.softmax(logits.float(), -1))
-
-    return Target(batch=lambda idx, x: None, table=np.zeros((0, num_classes), np.float32),
-                  observe=observe)
 
 
 # --------------------------------------------------------------------------- top-k path

@@ -219,6 +219,9 @@ class ScalingSpec(Strict):
     resources_per_worker: dict[str, float] = {}
     max_failures: int = Field(2, ge=0)
     checkpoint_every: int = Field(5, ge=1)   # epochs
+    # Report metrics to Tune every k epochs (and at every checkpoint and the last epoch):
+    # fewer results for the driver to process; ASHA then decides at the next report.
+    report_every: int = Field(1, ge=1)
 
     @model_validator(mode="after")
     def _gpu(self):

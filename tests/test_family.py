@@ -20,7 +20,7 @@ from filterkd_ray.data.noise_file import read_label_file
 from filterkd_ray.engine import Seeds, fit, to_device
 from filterkd_ray.labels import METHODS, build_target, filter_path
 from filterkd_ray.losses import distill_loss
-from filterkd_ray.pathmodes import (FilterBank, bank_target, dense_nbytes, dense_row,
+from filterkd_ray.pathmodes import (FilterBank, dense_nbytes, dense_row,
                                     filter_topk, topk_nbytes, topk_path)
 from filterkd_ray.spec import DEFAULT_SPACE, TrainSpec, load_spec, validate_spec
 
@@ -465,16 +465,6 @@ def test_filter_bank_equals_filter_path_for_every_rate():
     with pytest.raises(InputError, match="grid"):
         bank.table(0.3)
     assert bank.nbytes == len(grid) * path.shape[1] * path.shape[2] * 4
-
-
-def test_filter_bank_through_engine_equals_recorded_path(toy_data):
-    ds, seeds = toy_data
-    grid = [0.05, 0.2, 1.0]
-    bank = FilterBank(len(ds.train), 3, grid)
-    r = fit(to_device(ds, "cpu"), TrainSpec(model="mlp", epochs=3, batch_size=32), seeds,
-            target=bank_target(bank, 3), record_path=True)
-    for a in grid:
-        assert np.array_equal(bank.table(a), filter_path(r.path, a)), a
 
 
 def test_topk_path_error_shrinks_with_k_and_is_exact_at_K():

@@ -1,7 +1,8 @@
 """Born-again generations and a bank path in a real sweep (embedded local Ray), read back with
 pyarrow: generation g + 1 distils from its own generation-g student, the bank's tables reach
 students zero-copy, the search picks EMA rates from the bank's grid, and the report has a
-per-generation table."""
+per-generation table. The same sweep reports to Tune every 3 epochs (scaling.report_every)."""
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -24,7 +25,8 @@ def born_again(tmp_path_factory):
     out = tmp_path_factory.mktemp("gen") / "born_again"
     sets = ["path.mode=bank", f"path.bank_rates={GRID}", "generations=3",
             "data.noise.rates=[0.3]", "methods=[oht,filter_kd]", "search.space={}",
-            "search.num_samples=3", "student.epochs=2", "teacher.epochs=3"]
+            "search.num_samples=3", "student.epochs=4", "teacher.epochs=3",
+            "scaling.report_every=3"]
     cmd = [sys.executable, "-m", "filterkd_ray.cli", "sweep", SMOKE, "--output", str(out)]
     for s in sets:
         cmd += ["--set", s]
@@ -106,3 +108,17 @@ def test_a_failed_student_teaches_no_next_generation(tmp_path):
     assert [j["run_id"] for j in kept] == ["repro-r0.3-kd-s0-g2"]
     assert logs == ["[generation-2] skipping repro-r0.3-kd-s1-g2: its teacher repro-r0.3-kd-s1 "
                     "did not finish ok"]
+
+
+def test_reports_to_tune_every_k_epochs(born_again):
+    """report_every=3, checkpoint_every=2 (toy_smoke), 4 student epochs: Tune sees epochs
+    2, 3, 4 (1-based: checkpoint, report, checkpoint + last), the run's own table all 4."""
+    out, trials = born_again
+    files = sorted(out.glob("tune/search-*/trial_fn_*/result.json"))
+    assert len(files) == 4          # oht once, filter_kd 3 trials
+    for f in files:
+        epochs = [json.loads(line)["epoch"] for line in f.read_text().splitlines() if line]
+        assert epochs == [1, 2, 3], f
+    runs = pq.read_table(out / "epochs.parquet").to_pandas()
+    search = runs[runs.stage == "search"]
+    assert search.groupby("trial_id").epoch.apply(list).map(lambda e: e == [0, 1, 2, 3]).all()
