@@ -178,3 +178,21 @@ def test_bank_search_picks_among_the_grid():
 def test_bad_path_and_generation_specs(over, match):
     with pytest.raises(InputError, match=match):
         spec(**over)
+
+
+def test_filter_bank_whole_epoch_updates_are_exact():
+    """Whole shuffled epochs (the engine's calls; in-place fast path after the first) and
+    batches of 7 (gather/scatter path) give the same tables, equal to filter_path."""
+    from filterkd_ray.pathmodes import FilterBank
+    rng = np.random.default_rng(0)
+    path = rng.dirichlet(np.ones(5), size=(6, 50)).astype(np.float16)
+    whole, batched = FilterBank(50, 5, GRID), FilterBank(50, 5, GRID)
+    for e in range(6):
+        order = rng.permutation(50)
+        whole.update(torch.from_numpy(order), torch.from_numpy(path[e, order]))
+        for s in range(0, 50, 7):
+            i = order[s:s + 7]
+            batched.update(torch.from_numpy(i), torch.from_numpy(path[e, i]))
+    for a in GRID:
+        assert np.array_equal(whole.table(a), filter_path(path, a)), a
+        assert np.array_equal(batched.table(a), filter_path(path, a)), a
