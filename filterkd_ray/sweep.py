@@ -318,6 +318,14 @@ class GroupedSearch(Searcher):
         if group is not None and group.searcher is not None:
             group.searcher.on_trial_complete(trial_id, result, error)
 
+    # A resumed sweep continues from the run row files and the groups' sqlite studies, not
+    # from Tune's experiment state: nothing to save here (and no warning that says otherwise).
+    def save(self, checkpoint_path: str) -> None:
+        pass
+
+    def restore(self, checkpoint_path: str) -> None:
+        pass
+
 
 class PerGroupASHA(tune.schedulers.FIFOScheduler):
     """One ASHA per search group: a filter_kd trial is only ever stopped for doing worse than
