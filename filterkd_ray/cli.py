@@ -94,11 +94,15 @@ def cmd_report(args) -> int:
 def cmd_run(args) -> int:
     from filterkd_ray.experiment import load_clean, noisy, run_student, run_teacher, device_for, teacher_outputs
     from filterkd_ray.labels import DEFAULT_HPARAMS, get_method
-    from filterkd_ray.spec import apply_overrides, load_spec
+    from filterkd_ray.spec import apply_overrides, load_spec, reads_teacher_path
     spec = load_spec(args.spec, args.set)
     method = get_method(args.method)
     hp = {k: DEFAULT_HPARAMS[k] for k in method.params}
     hp.update(apply_overrides({}, args.hp))
+    if spec.path.mode == "bank" and reads_teacher_path(method.name) \
+            and hp["ema_rate"] not in spec.path.bank_rates:   # before the teacher trains
+        raise InputError(f"--hp ema_rate={hp['ema_rate']}: path.mode 'bank' keeps only "
+                         f"path.bank_rates {spec.path.bank_rates}; pick one of them")
     rate = spec.data.noise.rates[0] if args.noise_rate is None else args.noise_rate
     seed = spec.seeds[0] if args.seed is None else args.seed
     data = noisy(spec, load_clean(spec), rate, seed)

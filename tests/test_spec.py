@@ -106,11 +106,6 @@ def test_bad_override_is_input_error(capsys):
     assert "search.num_samples" in capsys.readouterr().err
 
 
-def test_shipped_specs_validate():
-    for path in ["sweeps/toy.yaml", SMOKE]:
-        load_spec(path)
-
-
 def test_exit_code_from_the_console_script(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(mutate("methods", ["nope"])))
@@ -128,3 +123,12 @@ def test_every_shipped_sweep_validates(path):
     """Every spec in sweeps/ loads (a field renamed in spec.py must be renamed there too)."""
     spec = load_spec(path)
     assert spec.name == path.stem
+
+
+def test_run_with_a_bank_checks_the_ema_rate_before_training(capsys):
+    """`run` refuses an EMA rate the bank does not keep before the teacher trains."""
+    assert main(["run", SMOKE, "--method", "filter_kd", "--set", "path.mode=bank",
+                 "--hp", "ema_rate=0.3"]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""                                  # no teacher line: nothing trained
+    assert err.count("\n") == 1 and "--hp ema_rate=0.3" in err and "path.bank_rates" in err
