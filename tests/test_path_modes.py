@@ -196,3 +196,36 @@ def test_filter_bank_whole_epoch_updates_are_exact():
     for a in GRID:
         assert np.array_equal(whole.table(a), filter_path(path, a)), a
         assert np.array_equal(batched.table(a), filter_path(path, a)), a
+
+
+def test_report_draws_paths_from_a_topk_file_and_skips_a_bank(tmp_path):
+    """The report's path plots read a top-k file (rebuilt path) and say why a bank has none."""
+    import types
+
+    import pandas as pd
+    from PIL import Image
+
+    from filterkd_ray import plots
+    from filterkd_ray.report import Skip
+    ds, seeds = toy(n_train=120)
+    store = Store(str(tmp_path))
+    store.makedirs()
+    store.write_npz("paths/t.labels.npz", y=ds.train.y, y_noisy=ds.train.labels,
+                    p_star=ds.train.p_star)
+    cfg = TrainSpec(model="mlp", epochs=4, batch_size=16)
+    for mode in ("topk", "bank"):
+        r = recorded(ds, seeds, cfg, mode)
+        row = types.SimpleNamespace(teacher_id="t", noise_rate=0.3, seed=0, best_epoch=r.best_epoch,
+                                    path_file=write_path(store, "t", r.path),
+                                    labels_file="paths/t.labels.npz")
+        if mode == "bank":
+            with pytest.raises(Skip, match="path.mode 'bank'"):
+                plots.TeacherPath(store, row)
+            continue
+        tp = plots.TeacherPath(store, row)
+        assert tp.path.shape == (4, 120, 3) and tp.path.dtype == np.float16
+        np.testing.assert_allclose(tp.path.astype(np.float32).sum(-1), 1.0, atol=2e-3)
+        (file, _caption), = plots.plot_paths(store, tp, pd.DataFrame())
+        with Image.open(store.path(file)) as im:
+            assert im.size[0] > 300 and im.size[1] > 200
+            assert len(np.unique(np.asarray(im.convert("L")))) > 20    # not blank
