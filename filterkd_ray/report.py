@@ -102,6 +102,17 @@ def _method_order(methods) -> list[str]:
 
 # --- tables -------------------------------------------------------------------------------
 
+def by_selection(rows: pd.DataFrame, select: str) -> pd.DataFrame:
+    """Rows best first by `select`. Accuracy on a finite validation split ties often (three
+    toy KD trials shared 0.5886), so ties go to the other validation metric (NLL for
+    accuracy), then to the trial id: the same runs always give the same choice, and the
+    sweep (which reproduces the choice) and the report (which names it) agree."""
+    other = "val_nll" if select == "val_acc" else "val_acc"
+    keys = [select] + ([other] if other in rows else []) + ["trial_id"]
+    ascending = [not _higher_is_better(k) for k in keys[:-1]] + [True]
+    return rows.sort_values(keys, ascending=ascending, kind="stable")
+
+
 def generation(trials: pd.DataFrame) -> pd.Series:
     """Each row's born-again generation: 0 = teacher, 1 = distilled from it (also rows
     written before generations existed), g = distilled from generation g - 1."""
@@ -123,7 +134,7 @@ def student_rows(trials: pd.DataFrame, select: str = "val_acc") -> pd.DataFrame:
             continue
         s = g[g.stage == "search"].dropna(subset=[select])
         if len(s):
-            s = s.sort_values(select, ascending=not _higher_is_better(select), kind="stable")
+            s = by_selection(s, select)
             parts.append(s.groupby("seed", sort=True).head(1).assign(source="search best"))
     if not parts:
         return ok.iloc[:0].assign(source=pd.Series(dtype=str))
@@ -146,8 +157,7 @@ def best_hparams(trials: pd.DataFrame, select: str = "val_acc") -> pd.DataFrame:
             # Name the configuration that was reproduced (several search trials can tie).
             same = np.logical_and.reduce([s[p].astype(str) == str(rep.iloc[0][p]) for p in params])
             s = s[same] if same.any() else s
-        top = s.sort_values([select, "trial_id"],
-                            ascending=[not _higher_is_better(select), True]).iloc[0]
+        top = by_selection(s, select).iloc[0]
         out.append({"noise_rate": rate, "method": method,
                     **{p: (top[p] if p in params and p in top else None) for p in HPARAMS},
                     f"best_{select}": top[select], "best_trial_id": top["trial_id"]})

@@ -30,6 +30,7 @@ from filterkd_ray.jobs import (check_resources, error_row, load_state, trial_fn,
                                write_run)
 from filterkd_ray.labels import METHODS
 from filterkd_ray.pathmodes import path_file, read_path
+from filterkd_ray.report import by_selection
 from filterkd_ray.results import (EPOCH_COLUMNS, SCHEMA_VERSION, TEACHER_COLUMNS, TRIAL_COLUMNS,
                                   Store, frame, provenance)
 from filterkd_ray.spec import FloatRange, Spec
@@ -231,9 +232,7 @@ class Sweep:
         metric = self.spec.search.metric
         best = {}
         for (r, m), g in rows.groupby(["noise_rate", "method"]):
-            # Ties broken by trial id, as report.best_hparams does, so the summary names the
-            # configuration that was reproduced.
-            top = g.sort_values([metric, "trial_id"], ascending=[metric.endswith("nll"), True]).iloc[0]
+            top = by_selection(g, metric).iloc[0]   # the rule report.best_hparams names
             best[(float(r), m)] = {p: _plain(top[p]) for p in METHODS[m].params}
         return best
 
