@@ -109,6 +109,32 @@ def test_summary_table_falls_back_to_best_search_run_per_seed(trials):
         assert row.mean == g.loc[g.val_acc.idxmax(), "test_acc"]
 
 
+def test_tied_selection_is_decided_by_nll_whatever_the_trial_ids(tmp_path):
+    """Three trials tie on validation accuracy (as three toy KD trials did): the choice is the
+    lowest validation NLL, for any trial ids, in the sweep's rule and the report's alike."""
+    from pathlib import Path
+
+    from filterkd_ray.jobs import write_run
+    from filterkd_ray.spec import load_spec
+    from filterkd_ray.sweep import Sweep
+    smoke = Path(__file__).resolve().parents[1] / "sweeps" / "toy_smoke.yaml"
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        ids = [f"search-r0.3-kd-{rng.integers(16**8):08x}" for _ in range(4)]
+        rows = pd.DataFrame({"trial_id": ids, "stage": "search", "status": "ok", "method": "kd",
+                             "noise_rate": 0.3, "seed": 0, "temperature": [1.0, 2.0, 4.0, 8.0],
+                             "distill_weight": 0.5, "val_acc": [0.5886, 0.5886, 0.5886, 0.58],
+                             "val_nll": [0.70, 0.65, 0.68, 0.60], "test_acc": 0.7})
+        assert report.by_selection(rows, "val_acc").iloc[0].temperature == 2.0
+        assert report.best_hparams(rows).temperature.iloc[0] == 2.0
+        assert report.by_selection(rows, "val_nll").iloc[0].temperature == 8.0
+    sweep = Sweep(load_spec(smoke), str(tmp_path / "s"), log=lambda *a: None)
+    sweep.store.makedirs()
+    for r in rows.to_dict("records"):          # the sweep reads its row files
+        write_run(sweep.store, r["trial_id"], r, [])
+    assert sweep.best_configs()[(0.3, "kd")] == {"temperature": 2.0, "distill_weight": 0.5}
+
+
 def test_summary_table_without_oht_or_rows():
     empty = pd.DataFrame(columns=report.REQUIRED)
     assert report.summary_table(empty).empty
