@@ -105,11 +105,14 @@ def _method_order(methods) -> list[str]:
 def by_selection(rows: pd.DataFrame, select: str) -> pd.DataFrame:
     """Rows best first by `select`. Accuracy on a finite validation split ties often (three
     toy KD trials shared 0.5886), so ties go to the other validation metric (NLL for
-    accuracy), then to the trial id: the same runs always give the same choice, and the
-    sweep (which reproduces the choice) and the report (which names it) agree."""
+    accuracy). Runs that are identical up to their best epoch (SAT before its start epoch)
+    tie on both: they go to the configuration text, which the seeded search reproduces,
+    and only then to Tune's trial id, which is random. So the same sweep always makes the
+    same choice, and the sweep (which reproduces it) and the report (which names it) agree."""
     other = "val_nll" if select == "val_acc" else "val_acc"
-    keys = [select] + ([other] if other in rows else []) + ["trial_id"]
-    ascending = [not _higher_is_better(k) for k in keys[:-1]] + [True]
+    metrics = [select] + ([other] if other in rows else [])
+    keys = metrics + (["config"] if "config" in rows else []) + ["trial_id"]
+    ascending = [not _higher_is_better(k) for k in metrics] + [True] * (len(keys) - len(metrics))
     return rows.sort_values(keys, ascending=ascending, kind="stable")
 
 
