@@ -81,10 +81,10 @@ class FilterBank:
 
     def table(self, ema_rate: float) -> np.ndarray:
         """The [N, K] float32 table of one grid rate."""
-        for j, a in enumerate(self.grid):
-            if abs(a - ema_rate) <= 1e-12:
-                return self.tables[j].cpu().numpy()
-        raise InputError(f"ema_rate: {ema_rate} is not in the bank's grid {self.grid}")
+        j = grid_index(self.grid, ema_rate)
+        if j is None:
+            raise InputError(f"ema_rate: {ema_rate} is not in the bank's grid {self.grid}")
+        return self.tables[j].cpu().numpy()
 
     def snapshot(self) -> torch.Tensor:
         """A copy of all tables (e.g. at a new best-validation epoch, for snapshot 'best')."""
@@ -95,21 +95,35 @@ class FilterBank:
         return self.tables.element_size() * self.tables.nelement()
 
 
+def grid_index(grid, ema_rate: float) -> int | None:
+    """The position of `ema_rate` in a bank's grid (None if the bank does not keep it)."""
+    hits = np.flatnonzero(np.abs(np.asarray(grid) - ema_rate) <= 1e-12)
+    return int(hits[0]) if len(hits) else None
+
+
 # --------------------------------------------------------------------------- top-k path
+
+def check_topk(k: int, num_classes: int, name: str) -> None:
+    if not 1 <= k <= num_classes:
+        raise InputError(f"{name}: {k} is outside [1, {num_classes}] (the classes)")
+    if num_classes > np.iinfo(INDEX_DTYPE).max:
+        raise InputError(f"{name}: {num_classes} classes exceed {INDEX_DTYPE.__name__}")
+
+
+def topk_rows(probs: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """float16 probabilities [..., K] -> (k largest, float16; their classes, int16)."""
+    vals, cls = torch.topk(probs.float(), k, dim=-1)
+    return vals.half(), cls.to(torch.int16)
+
 
 def topk_path(path, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Dense [E, N, K] -> (values [E, N, k] float16, classes [E, N, k] int16), largest first."""
     path = np.asarray(path)
     if path.ndim != 3:
         raise InputError(f"path: need shape [epochs, N, K]; got {path.shape}")
-    num_classes = path.shape[-1]
-    if not 1 <= k <= num_classes:
-        raise InputError(f"k: {k} is outside [1, {num_classes}]")
-    if num_classes > np.iinfo(INDEX_DTYPE).max:
-        raise InputError(f"topk_path: {num_classes} classes exceed {INDEX_DTYPE.__name__}")
-    t = torch.from_numpy(np.ascontiguousarray(path, dtype=np.float16)).float()
-    vals, cls = torch.topk(t, k, dim=-1)
-    return vals.half().numpy(), cls.numpy().astype(INDEX_DTYPE)
+    check_topk(k, path.shape[-1], "k")
+    vals, cls = topk_rows(torch.from_numpy(np.ascontiguousarray(path, dtype=np.float16)), k)
+    return vals.numpy(), cls.numpy()
 
 
 def dense_row(values: np.ndarray, classes: np.ndarray, num_classes: int) -> np.ndarray:
@@ -215,19 +229,14 @@ class TopkRecorder:
     """The k largest probabilities (float16) and their classes (int16) per sample and epoch."""
 
     def __init__(self, epochs: int, n: int, num_classes: int, k: int):
-        if not 1 <= k <= num_classes:
-            raise InputError(f"path.topk: {k} is outside [1, {num_classes}] (the classes)")
-        if num_classes > np.iinfo(INDEX_DTYPE).max:
-            raise InputError(f"path.topk: {num_classes} classes exceed {INDEX_DTYPE.__name__}")
+        check_topk(k, num_classes, "path.topk")
         self.num_classes = num_classes
         self.values = torch.zeros((epochs, n, k), dtype=torch.float16)
         self.classes = torch.zeros((epochs, n, k), dtype=torch.int16)
 
     def record(self, epoch: int, idx: torch.Tensor, probs: torch.Tensor) -> None:
-        # The same operations as topk_path on the dense float16 path, so both agree exactly.
-        vals, cls = torch.topk(probs.float(), self.values.shape[-1], dim=-1)
-        self.values[epoch, idx] = vals.half()
-        self.classes[epoch, idx] = cls.to(torch.int16)
+        # topk_rows, as topk_path on the dense float16 path: both agree exactly.
+        self.values[epoch, idx], self.classes[epoch, idx] = topk_rows(probs, self.values.shape[-1])
 
     def mark_best(self, epoch: int) -> None:
         pass
@@ -270,14 +279,14 @@ class BankTables:
     mode = "bank"
 
     def filtered(self, ema_rate: float, upto: int | None = None) -> np.ndarray:
-        hits = np.flatnonzero(np.abs(self.grid - ema_rate) <= 1e-12)
-        if not len(hits):
+        j = grid_index(self.grid, ema_rate)
+        if j is None:
             raise InputError(f"ema_rate: {ema_rate} is not in path.bank_rates "
                              f"{self.grid.tolist()}; a bank only holds those rates")
         if upto is None or upto == self.epochs:
-            return self.last[hits[0]]
+            return self.last[j]
         if upto == self.best_epoch + 1:
-            return self.best[hits[0]]
+            return self.best[j]
         raise InputError(f"upto: a bank keeps the tables after epoch {self.best_epoch + 1} "
                          f"(best) and {self.epochs} (last) only; got {upto}")
 
@@ -295,10 +304,6 @@ class TopkPath:
 
     def filtered(self, ema_rate: float, upto: int | None = None) -> np.ndarray:
         return filter_topk(self.values, self.classes, self.num_classes, ema_rate, upto)
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        return (*self.values.shape[:2], self.num_classes)
 
     def dense(self) -> np.ndarray:
         """The rebuilt [E, N, K] float16 path (for the report's learning-path plots)."""

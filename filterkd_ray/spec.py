@@ -18,6 +18,7 @@ from filterkd_ray.data import DATASETS
 from filterkd_ray.data.noise import NOISE_KINDS
 from filterkd_ray.labels import METHODS, SNAPSHOTS
 from filterkd_ray.models import MODELS
+from filterkd_ray.pathmodes import PATH_MODES
 
 
 def _registered(what: str, registry: dict):
@@ -238,7 +239,7 @@ class ScalingSpec(Strict):
 class PathSpec(Strict):
     """How a teacher keeps its learning path for Filter-KD (pathmodes.py; which mode fits
     which dataset size, with the memory arithmetic: README "Path modes")."""
-    mode: Literal["dense", "bank", "topk"] = "dense"
+    mode: Literal[PATH_MODES] = "dense"   # type: ignore[valid-type]
     # bank: filtered tables kept online for these EMA rates only; the search picks among them.
     bank_rates: list[float] = Field(default=[0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0], min_length=1)
     topk: int = Field(5, ge=1)             # topk: probabilities kept per sample and epoch
