@@ -100,6 +100,13 @@ def _method_order(methods) -> list[str]:
     return known + sorted(set(methods) - set(known))
 
 
+def _by_rate_and_method(df: pd.DataFrame, then=()) -> pd.DataFrame:
+    """Rows sorted by noise rate, then methods in registry order, then `then`."""
+    order = {m: i for i, m in enumerate(_method_order(df.method.unique()))}
+    return (df.assign(_o=df.method.map(order)).sort_values(["noise_rate", "_o", *then])
+            .drop(columns="_o").reset_index(drop=True))
+
+
 # --- tables -------------------------------------------------------------------------------
 
 def by_selection(rows: pd.DataFrame, select: str) -> pd.DataFrame:
@@ -215,10 +222,7 @@ def summary_table(trials: pd.DataFrame, metric: str = "test_acc",
         if (rate, method) in hp.index:
             rec.update(hp.loc[(rate, method)].to_dict())
         out.append(rec)
-    df = pd.DataFrame(out, columns=cols)
-    order = {m: i for i, m in enumerate(_method_order(df.method.unique()))}
-    return (df.assign(_o=df.method.map(order)).sort_values(["noise_rate", "_o"])
-            .drop(columns="_o").reset_index(drop=True))
+    return _by_rate_and_method(pd.DataFrame(out, columns=cols))
 
 
 def generation_table(trials: pd.DataFrame, metric: str = "test_acc") -> pd.DataFrame:
@@ -241,11 +245,9 @@ def generation_table(trials: pd.DataFrame, metric: str = "test_acc") -> pd.DataF
                         "n": len(vals), "mean": float(vals.mean()),
                         "std": float(vals.std(ddof=1)) if len(vals) > 1 else math.nan,
                         "diff_n": len(d), "diff_mean": m, "diff_lo": lo, "diff_hi": hi})
-    df = pd.DataFrame(out, columns=["noise_rate", "method", "generation", "n", "mean", "std",
-                                    "diff_n", "diff_mean", "diff_lo", "diff_hi"])
-    order = {m: i for i, m in enumerate(_method_order(df.method.unique()))}
-    return (df.assign(_o=df.method.map(order)).sort_values(["noise_rate", "_o", "generation"])
-            .drop(columns="_o").reset_index(drop=True))
+    return _by_rate_and_method(pd.DataFrame(out, columns=[
+        "noise_rate", "method", "generation", "n", "mean", "std", "diff_n", "diff_mean",
+        "diff_lo", "diff_hi"]), then=["generation"])
 
 
 def generations_md(trials: pd.DataFrame) -> list[str]:
