@@ -150,9 +150,7 @@ def _read_lines(path: Path) -> np.ndarray:
 def source_indices(dataset, n_file: int, path):
     """(train rows' indices into the file, val rows' indices or None: val keeps clean labels)."""
     n_tr = len(dataset.train)
-    src_tr = getattr(dataset.train, "source_index", None)
-    src_va = getattr(dataset.val, "source_index", None)
-    size = getattr(dataset, "source_size", None)
+    src_tr, src_va, size = dataset.train.source_index, dataset.val.source_index, dataset.source_size
     if src_tr is not None:
         src_tr = np.asarray(src_tr, np.int64)
         src_va = None if src_va is None else np.asarray(src_va, np.int64)
